@@ -1,0 +1,79 @@
+"""Finding buckets on the backing root and bringing them into the ledger:
+trusting ``.quota`` after a clean shutdown, rescanning otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .config import Config
+from .ledger import Bucket, Ledger, Limits
+from .rules import is_bucket_name
+from .scanner import Usage, scan_buckets, scan_tree
+from .state import CorruptState, QuotaRecord, load_quota, set_aside, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def default_limits(cfg: Config) -> Limits:
+    return Limits(max_bytes=cfg.bucket_max_bytes)
+
+
+def bucket_names(root: bytes) -> list[bytes]:
+    """Top-level directories (not symlinks) whose names do not start with a dot."""
+    with os.scandir(root) as it:
+        return sorted(e.name for e in it
+                      if is_bucket_name(e.name) and e.is_dir(follow_symlinks=False))
+
+
+def read_record(root: bytes, name: bytes) -> QuotaRecord | None:
+    """The bucket's ``.quota``, or None when missing or corrupt (set aside, logged)."""
+    bucket_dir = os.path.join(root, name)
+    try:
+        return load_quota(bucket_dir)
+    except CorruptState as e:
+        shown = os.fsdecode(name)
+        try:
+            kept = set_aside(bucket_dir, b".quota", utc_now())
+            log.error("bucket %s: .quota is corrupt (%s); kept as %s, rebuilding by scan",
+                      shown, e, os.fsdecode(kept))
+        except OSError as err:
+            log.error("bucket %s: .quota is corrupt (%s) and could not be set aside (%s); "
+                      "rebuilding by scan", shown, e, err.strerror)
+        return None
+
+
+def load_buckets(cfg: Config, ledger: Ledger, *, trust_usage: bool,
+                 show_progress: bool = True) -> None:
+    """Fill *ledger* with every bucket of the backing root before serving."""
+    started = time.monotonic()
+    to_scan: dict[bytes, Limits] = {}
+    for name in bucket_names(cfg.backing):
+        record = read_record(cfg.backing, name)
+        if record is not None and trust_usage:
+            bucket = ledger.add(name, record.limits, record.used_bytes, record.objects)
+            bucket.dirty = False
+        else:
+            to_scan[name] = record.limits if record is not None else default_limits(cfg)
+    if to_scan:
+        log.info("scanning %d bucket(s)", len(to_scan))
+
+    def done(name: bytes, usage: Usage) -> None:
+        ledger.add(name, to_scan[name], usage.used_bytes, usage.objects)
+
+    scan_buckets(cfg.backing, to_scan, cfg.profile, workers=cfg.scan_workers,
+                 show_progress=show_progress, on_done=done)
+    total = sum(b.used_bytes for b in ledger)
+    log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
+             len(ledger), len(to_scan), total, time.monotonic() - started)
+
+
+def adopt_bucket(cfg: Config, ledger: Ledger, name: bytes) -> Bucket:
+    """A bucket directory that appeared behind the mount's back: scan and track it."""
+    record = read_record(cfg.backing, name)
+    limits = record.limits if record is not None else default_limits(cfg)
+    usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
+    log.warning("bucket %s appeared on the backing root; tracking it (%d bytes, %d objects)",
+                os.fsdecode(name), usage.used_bytes, usage.objects)
+    return ledger.add(name, limits, usage.used_bytes, usage.objects)

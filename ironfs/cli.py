@@ -1,0 +1,69 @@
+"""The ``ironfs`` command: ``ironfs BACKING MOUNTPOINT [-o opt[,opt…]]``.
+
+Exit status: 0 clean stop, 1 could not start (bad option, unsuitable
+directories, backing root already served), 2 bad command line, 3 crashed
+while serving (the mount is left dead; clear it with ``fusermount3 -uz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import ConfigError, build_config, check_paths
+from .state import AlreadyMounted
+
+log = logging.getLogger("ironfs")
+
+EXIT_OK, EXIT_START, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ironfs",
+        description="Mount BACKING at MOUNTPOINT with per-bucket quotas (runs in the foreground).")
+    p.add_argument("backing", metavar="BACKING", help="the real directory holding the buckets")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="where to show it")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPT[,OPT…]",
+                   help="mount options (see README); may be repeated")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default: info")
+    p.add_argument("--version", action="version", version=f"ironfs {__version__}")
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        cfg = build_config(args.backing, args.mountpoint, args.options)
+        check_paths(cfg)
+    except ConfigError as e:
+        print(f"ironfs: {e}", file=sys.stderr)
+        return EXIT_START
+    from .mount import run  # pyfuse3 is imported only when mounting
+
+    try:
+        run(cfg)
+    except AlreadyMounted as e:
+        print(f"ironfs: {e}", file=sys.stderr)
+        return EXIT_START
+    except KeyboardInterrupt:
+        log.info("interrupted before serving")
+        return EXIT_START
+    except Exception:
+        log.critical("ironfs crashed; the mount is left dead on purpose "
+                     "(clear it with fusermount3 -uz)", exc_info=True)
+        return EXIT_CRASH
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

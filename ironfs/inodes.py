@@ -1,0 +1,217 @@
+"""The inode table: FUSE inode numbers ↔ backing files, with lookup counts.
+
+No fds are held per inode (the hard RLIMIT_NOFILE is 20,000 and buckets hold
+millions of files): a node remembers the name it was reached by, and its path is
+rebuilt from its ancestors, so renaming a directory moves everything below it.
+
+A node is kept while the kernel knows it (``lookups``), while it has open file
+handles (``open``), or while a known node names it as parent (``children``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from .ledger import Bucket
+
+ROOT_INODE = 1
+
+
+class Node:
+    __slots__ = (
+        "ino", "key", "parent", "name", "extra_links", "lookups", "children",
+        "open", "bucket", "size", "unlinked", "state",
+    )
+
+    def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
+                 bucket: Bucket | None, state: bool) -> None:
+        self.ino = ino
+        self.key = key
+        self.parent = parent
+        self.name = name
+        # Other (parent, name) pairs of a hard-linked file, once the kernel knows them.
+        self.extra_links: list[tuple[Node, bytes]] | None = None
+        self.lookups = 0
+        self.children = 0
+        self.open = 0
+        self.bucket = bucket
+        # Apparent size while open for writing (None: not known, ask the fd).
+        self.size: int | None = None
+        # Its last name is gone while handles are open: bytes are refunded at last close.
+        self.unlinked = False
+        # Part of ironfs's own state (seen only with expose_state, read-only).
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Node({self.ino}, {self.name!r}, lookups={self.lookups}, open={self.open})"
+
+
+class InodeTable:
+    def __init__(self, root: bytes, root_key: tuple[int, int]) -> None:
+        self.root_path = root
+        self.root = Node(ROOT_INODE, root_key, None, b"", None, False)
+        self.root.lookups = 1  # the kernel never forgets the root
+        self._by_ino: dict[int, Node] = {ROOT_INODE: self.root}
+        self._by_key: dict[tuple[int, int], Node] = {root_key: self.root}
+        self._next_ino = ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self._by_ino.values()))
+
+    def get(self, ino: int) -> Node:
+        """Raises KeyError for an inode the kernel should not know."""
+        return self._by_ino[ino]
+
+    def by_key(self, key: tuple[int, int]) -> Node | None:
+        return self._by_key.get(key)
+
+    # -- paths -------------------------------------------------------------
+    def path(self, node: Node) -> bytes | None:
+        """The backing path of *node*, or None if it has no name left."""
+        parts: list[bytes] = []
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        if node is not self.root:
+            return None
+        if not parts:
+            return self.root_path
+        parts.append(self.root_path)
+        parts.reverse()
+        return b"/".join(parts)
+
+    def child_path(self, parent: Node, name: bytes) -> bytes:
+        base = self.path(parent)
+        if base is None:
+            raise FileNotFoundError(2, "parent directory is gone")
+        return base + b"/" + name
+
+    def components(self, node: Node) -> list[bytes]:
+        """Names from the top-level entry down to *node* (empty for the root)."""
+        parts: list[bytes] = []
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        parts.reverse()
+        return parts
+
+    # -- the kernel's references -------------------------------------------
+    def remember(self, parent: Node, name: bytes, st: os.stat_result,
+                 bucket: Bucket | None, state: bool) -> Node:
+        """The node for *parent*/*name* (created if new), with one more lookup."""
+        node = self.attach(parent, name, st, bucket, state)
+        node.lookups += 1
+        return node
+
+    def attach(self, parent: Node, name: bytes, st: os.stat_result,
+               bucket: Bucket | None, state: bool) -> Node:
+        """The node for *parent*/*name* without counting a lookup (readdir asks
+        first and counts only what the kernel accepted)."""
+        key = (st.st_dev, st.st_ino)
+        node = self._by_key.get(key)
+        if node is None:
+            node = Node(self._next_ino, key, parent, name, bucket, state)
+            self._next_ino += 1
+            parent.children += 1
+            self._by_ino[node.ino] = node
+            self._by_key[key] = node
+        elif node.parent is not parent or node.name != name:
+            self._add_link(node, parent, name)
+        return node
+
+    def _add_link(self, node: Node, parent: Node, name: bytes) -> None:
+        if node.parent is None:
+            self._set_primary(node, parent, name)
+            return
+        if node.extra_links is None:
+            node.extra_links = []
+        if (parent, name) not in node.extra_links:
+            node.extra_links.append((parent, name))
+            parent.children += 1
+
+    def _set_primary(self, node: Node, parent: Node, name: bytes) -> None:
+        node.parent = parent
+        node.name = name
+        parent.children += 1
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self._by_ino.get(ino)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - n)
+        self.collect(node)
+
+    def collect(self, node: Node) -> None:
+        """Drop *node* if nothing refers to it any more, then its ancestors."""
+        while (node is not self.root and node.lookups == 0 and node.children == 0
+               and node.open == 0):
+            del self._by_ino[node.ino]
+            if self._by_key.get(node.key) is node:
+                del self._by_key[node.key]
+            for parent, _ in node.extra_links or ():
+                self._release_child(parent)
+            node.extra_links = None
+            parent = node.parent
+            node.parent = None
+            if parent is None:
+                return
+            parent.children -= 1
+            node = parent
+
+    def _release_child(self, parent: Node) -> None:
+        parent.children -= 1
+        self.collect(parent)
+
+    # -- namespace changes made through the mount ------------------------------
+    def unlinked(self, node: Node, parent: Node, name: bytes) -> None:
+        """The name *parent*/*name* of *node* is gone."""
+        links = node.extra_links
+        if node.parent is parent and node.name == name:
+            if links:
+                new_parent, new_name = links.pop()
+                # The extra link's child reference becomes the primary's.
+                node.parent, node.name = new_parent, new_name
+                self._release_child(parent)
+            else:
+                node.parent = None
+                self._release_child(parent)
+        elif links and (parent, name) in links:
+            links.remove((parent, name))
+            self._release_child(parent)
+        self.collect(node)
+
+    def moved(self, node: Node, old_parent: Node, old_name: bytes,
+              new_parent: Node, new_name: bytes) -> None:
+        """*node* was renamed from *old_parent*/*old_name*."""
+        if node.parent is old_parent and node.name == old_name:
+            node.parent = new_parent
+            node.name = new_name
+            new_parent.children += 1
+            self._release_child(old_parent)
+        elif node.extra_links and (old_parent, old_name) in node.extra_links:
+            node.extra_links.remove((old_parent, old_name))
+            node.extra_links.append((new_parent, new_name))
+            new_parent.children += 1
+            self._release_child(old_parent)
+        else:
+            self._add_link(node, new_parent, new_name)
+
+    def gone(self, node: Node) -> None:
+        """The backing file behind *node* no longer exists under any name.
+
+        Its key is freed at once: the backing filesystem may give the inode
+        number to a new file while the kernel still holds this node."""
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        for parent, _ in node.extra_links or ():
+            self._release_child(parent)
+        node.extra_links = None
+        parent = node.parent
+        node.parent = None
+        if parent is not None:
+            self._release_child(parent)
+        self.collect(node)

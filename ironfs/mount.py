@@ -1,0 +1,94 @@
+"""The daemon's lifecycle: lock, load, mount, serve, flush, stop.
+
+A clean stop (SIGTERM, SIGINT, or an external ``umount``) unmounts, closes what
+the kernel left open, flushes the state a last time and leaves the
+clean-shutdown marker.  Anything else (a bug, SIGKILL) leaves the mount dead
+(ENOTCONN) and no marker: the next start rescans every bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from contextlib import ExitStack
+
+import pyfuse3
+import trio
+
+from .catalog import load_buckets
+from .config import Config, is_fuse_mount
+from .fs import IronFS
+from .ledger import Ledger
+from .persist import StateStore
+from .state import MountLock, take_clean_marker, utc_now, write_clean_marker
+
+log = logging.getLogger(__name__)
+
+
+def fuse_options(cfg: Config) -> set[str]:
+    name = os.fsdecode(cfg.backing).replace(",", "_")
+    return {"fsname=" + name, "subtype=ironfs", "allow_other", "default_permissions",
+            *cfg.kernel_options}
+
+
+async def _flusher(store: StateStore, interval: float) -> None:
+    """Write dirty state every *interval* seconds; a failure is retried next tick."""
+    while True:
+        await trio.sleep(interval)
+        items = store.snapshot()
+        if items:
+            failed = await trio.to_thread.run_sync(store.write, items)
+            store.redirty(failed)
+
+
+async def _stop_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s received: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+async def _serve(cfg: Config, ops: IronFS, store: StateStore) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_flusher, store, cfg.flush_interval)
+        nursery.start_soon(_stop_on_signal)
+        await pyfuse3.main(min_tasks=2, max_tasks=64)
+        nursery.cancel_scope.cancel()
+
+
+def run(cfg: Config) -> None:
+    """Serve *cfg* until stopped.  Raises on a crash (the mount stays dead)."""
+    os.umask(0)  # modes come from the caller, with its own umask applied
+    with ExitStack() as stack:
+        lock = MountLock(cfg.backing)
+        lock.acquire()
+        stack.callback(lock.release)
+        clean = take_clean_marker(cfg.backing)
+        if not clean:
+            log.warning("no clean-shutdown marker (first mount, or a crash): "
+                        "rescanning every bucket")
+        elif cfg.force_rescan:
+            log.info("rescan requested: rescanning every bucket")
+        ledger = Ledger(enforce=cfg.enforce)
+        load_buckets(cfg, ledger, trust_usage=clean and not cfg.force_rescan)
+        store = StateStore(cfg.backing, ledger)
+        ops = IronFS(cfg, ledger, store)
+        pyfuse3.init(ops, os.fsdecode(cfg.mountpoint), fuse_options(cfg))
+        log.info("serving %s at %s (%d buckets, quota %s)", os.fsdecode(cfg.backing),
+                 os.fsdecode(cfg.mountpoint), len(ledger), "on" if cfg.enforce else "off")
+        stopped_cleanly = False
+        try:
+            trio.run(_serve, cfg, ops, store)
+            stopped_cleanly = True
+        finally:
+            # Unmount only on a clean stop: a crashed daemon must leave the mount
+            # dead, so nothing can write to the bare directory behind the quota.
+            pyfuse3.close(unmount=stopped_cleanly and is_fuse_mount(cfg.mountpoint))
+        ops.release_all()
+        if not store.flush_now():
+            log.error("final flush failed: the next start will rescan")
+            return
+        write_clean_marker(cfg.backing, utc_now())
+        log.info("unmounted cleanly")

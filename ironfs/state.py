@@ -1,0 +1,266 @@
+"""State files on the backing filesystem: formats, atomic writes, the mount lock,
+the clean-shutdown marker and the archive of deleted buckets.
+
+Plain synchronous Python; the flusher runs these in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from .ledger import Bucket, Limits
+from .rules import QUOTA_FILE, ROOT_STATE_DIR, STATE_PREFIX, STATS_DIR
+
+log = logging.getLogger(__name__)
+
+QUOTA_FORMAT = 1
+LOCK_FILE = b"lock"
+CLEAN_MARKER = b"clean"
+ARCHIVE_DIR = b"archive"
+
+
+class CorruptState(ValueError):
+    """A state file that cannot be trusted; the caller sets it aside and rebuilds."""
+
+
+class AlreadyMounted(RuntimeError):
+    pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fsync_dir(path: bytes) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(directory: bytes, name: bytes, data: bytes) -> None:
+    """Write *directory*/*name* so that a crash leaves the old or the new content.
+
+    Never creates *directory*: a bucket deleted meanwhile must stay deleted."""
+    tmp = os.path.join(directory, STATE_PREFIX + b"-tmp" + name)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, os.path.join(directory, name))
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def _unlink_quietly(path: bytes) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# -- .quota -------------------------------------------------------------------
+
+@dataclass(slots=True)
+class QuotaRecord:
+    limits: Limits
+    used_bytes: int
+    objects: int
+
+
+def quota_json(bucket: Bucket, now: datetime) -> bytes:
+    """The seed's four fields first, then ironfs's own."""
+    limits = bucket.limits
+    return orjson.dumps({
+        "max_size_bytes": limits.max_bytes,
+        "current_usage_bytes": bucket.used_bytes,
+        "object_count": bucket.objects,
+        "last_updated": iso(now),
+        "max_objects": limits.max_objects,
+        "grace_bytes": limits.grace_bytes,
+        "soft_bytes": limits.soft_bytes,
+        "format": QUOTA_FORMAT,
+    }, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _field(doc: dict, key: str, *, nullable: bool, default: object = ...) -> int | None:
+    if key not in doc:
+        if default is ...:
+            raise CorruptState(f"missing field {key!r}")
+        return default  # type: ignore[return-value]
+    value = doc[key]
+    if value is None and nullable:
+        return None
+    if type(value) is not int or value < 0:
+        raise CorruptState(f"field {key!r} must be a non-negative integer, not {value!r}")
+    return value
+
+
+def parse_quota(data: bytes) -> QuotaRecord:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptState(f"not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CorruptState("not a JSON object")
+    fmt = doc.get("format", QUOTA_FORMAT)
+    if fmt != QUOTA_FORMAT:
+        raise CorruptState(f"unknown format {fmt!r}")
+    limits = Limits(
+        max_bytes=_field(doc, "max_size_bytes", nullable=True),
+        max_objects=_field(doc, "max_objects", nullable=True, default=None),
+        grace_bytes=_field(doc, "grace_bytes", nullable=False, default=0) or 0,
+        soft_bytes=_field(doc, "soft_bytes", nullable=True, default=None),
+    )
+    used = _field(doc, "current_usage_bytes", nullable=False)
+    objects = _field(doc, "object_count", nullable=False)
+    return QuotaRecord(limits, used or 0, objects or 0)
+
+
+def load_quota(bucket_dir: bytes) -> QuotaRecord | None:
+    """The bucket's ``.quota``; None if missing.  Raises CorruptState."""
+    try:
+        with open(os.path.join(bucket_dir, QUOTA_FILE), "rb") as f:
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CorruptState(f"unreadable: {e.strerror}") from None
+    return parse_quota(data)
+
+
+def set_aside(bucket_dir: bytes, name: bytes, now: datetime) -> bytes:
+    """Move a corrupt state file out of the way, keeping it for inspection."""
+    target = STATE_PREFIX + b"-corrupt" + name + b"." + now.strftime("%Y%m%dT%H%M%SZ").encode()
+    os.rename(os.path.join(bucket_dir, name), os.path.join(bucket_dir, target))
+    return target
+
+
+def save_quota(root: bytes, bucket_name: bytes, payload: bytes) -> None:
+    atomic_write(os.path.join(root, bucket_name), QUOTA_FILE, payload)
+
+
+# -- mount-wide state -----------------------------------------------------------
+
+def state_dir(root: bytes) -> bytes:
+    return os.path.join(root, ROOT_STATE_DIR)
+
+
+class MountLock:
+    """``.ironfs/lock``, flock'ed for as long as the backing root is mounted."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        sdir = state_dir(self.root)
+        os.makedirs(sdir, mode=0o700, exist_ok=True)
+        path = os.path.join(sdir, LOCK_FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                holder = read_lock_holder(self.root)
+                raise AlreadyMounted(
+                    f"{os.fsdecode(self.root)} is already served by ironfs (pid {holder or '?'})"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def read_lock_holder(root: bytes) -> int | None:
+    try:
+        with open(os.path.join(state_dir(root), LOCK_FILE), "rb") as f:
+            return int(f.read().strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(root: bytes) -> bool:
+    """Whether a live ironfs holds the backing root (for offline tools)."""
+    try:
+        fd = os.open(os.path.join(state_dir(root), LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def take_clean_marker(root: bytes) -> bool:
+    """Remove the clean-shutdown marker; True if the last shutdown was clean.
+
+    Removed durably before serving, so a crash from now on is detected."""
+    path = os.path.join(state_dir(root), CLEAN_MARKER)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    fsync_dir(state_dir(root))
+    return True
+
+
+def write_clean_marker(root: bytes, now: datetime) -> None:
+    atomic_write(state_dir(root), CLEAN_MARKER, f"{iso(now)}\n".encode())
+
+
+def archive_bucket_state(root: bytes, bucket_name: bytes, now: datetime) -> bytes | None:
+    """Move a bucket's state entries to ``.ironfs/archive/<bucket>/<time>/``.
+
+    Returns the archive directory, or None if there was nothing to keep."""
+    bucket_dir = os.path.join(root, bucket_name)
+    entries = [e for e in os.listdir(bucket_dir)]
+    if not entries:
+        return None
+    target = os.path.join(state_dir(root), ARCHIVE_DIR, bucket_name,
+                          now.strftime("%Y%m%dT%H%M%S.%fZ").encode())
+    os.makedirs(target, mode=0o700)
+    for name in entries:
+        os.rename(os.path.join(bucket_dir, name), os.path.join(target, name))
+    fsync_dir(target)
+    fsync_dir(bucket_dir)
+    return target
+
+
+__all__ = [
+    "AlreadyMounted", "CorruptState", "MountLock", "QuotaRecord", "STATS_DIR",
+    "archive_bucket_state", "atomic_write", "is_locked", "load_quota", "parse_quota",
+    "quota_json", "save_quota", "set_aside", "take_clean_marker", "utc_now",
+    "write_clean_marker",
+]
