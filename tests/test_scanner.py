@@ -1,0 +1,73 @@
+"""The scanner on a plain directory tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ironfs.rules import PROFILES
+from ironfs.scanner import scan_buckets, scan_tree
+
+
+def tree(root: Path, files: dict[str, int]) -> None:
+    for rel, size in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x" * size)
+
+
+def usage(path: Path, profile: str = "generic") -> tuple[int, int]:
+    u = scan_tree(os.fsencode(path), PROFILES[profile])
+    return u.used_bytes, u.objects
+
+
+def test_hidden_files_are_charged_but_not_objects(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": 10, "d/b": 20, ".tmp": 5, "d/.part": 7, ".multipart/x/1": 100, "e/.h/f": 3})
+    assert usage(tmp_path) == (145, 2)
+
+
+def test_ironfs_state_is_excluded(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": 10, ".quota": 200, ".stats/2026-11.json": 300, ".ironfs-tmp.quota": 9,
+                    "d/.quota": 4})
+    assert usage(tmp_path) == (14, 1)  # .quota deeper down is a tenant's hidden file
+
+
+def test_hard_links_count_bytes_once_and_names_each(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": 1000})
+    os.link(tmp_path / "a", tmp_path / "b")
+    os.link(tmp_path / "a", tmp_path / ".c")
+    assert usage(tmp_path) == (1000, 2)
+
+
+def test_symlinks_fifos_and_dirs_are_not_files(tmp_path: Path) -> None:
+    tree(tmp_path, {"a": 3})
+    os.symlink("/etc/passwd", tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "empty").mkdir()
+    assert usage(tmp_path) == (3, 1)
+
+
+def test_ironbucket_profile_sidecars(tmp_path: Path) -> None:
+    tree(tmp_path, {"k": 10, "k.metadata": 2, ".versions/k/1": 10})
+    assert usage(tmp_path, "generic") == (22, 2)
+    assert usage(tmp_path, "ironbucket") == (22, 1)
+
+
+def test_odd_names(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path)
+    for name in (b"\xff\xfe", b"new\nline", b"sp ace"):
+        with open(os.path.join(raw, name), "wb") as f:
+            f.write(b"12")
+    assert usage(tmp_path) == (6, 3)
+
+
+def test_scan_buckets_in_parallel(tmp_path: Path) -> None:
+    for i in range(6):
+        tree(tmp_path / f"b{i}", {f"f{j}": i for j in range(i)})
+    done: list[bytes] = []
+    results = scan_buckets(os.fsencode(tmp_path), [f"b{i}".encode() for i in range(6)],
+                           PROFILES["generic"], workers=3, show_progress=False,
+                           on_done=lambda name, u: done.append(name))
+    assert {k: (v.used_bytes, v.objects) for k, v in results.items()} == {
+        f"b{i}".encode(): (i * i, i) for i in range(6)}
+    assert sorted(done) == sorted(results)
