@@ -225,3 +225,19 @@ def test_sigint_is_a_clean_stop(tmp_path: Path) -> None:
         assert m.stop(signal.SIGINT) == 0
         clear_mount(m.mnt)
     assert (m.backing / ".ironfs" / "clean").exists()
+
+
+def test_dd_past_a_one_mib_quota(tmp_path: Path) -> None:
+    """The issue's acceptance check, literally: dd fails, the file holds at most
+    1 MiB, and after unmount .quota equals the sum of the files' st_size."""
+    m = start_mount(tmp_path / "backing", tmp_path / "s3", env={"BUCKET_QUOTA_BYTES": "1048576"})
+    try:
+        (m.mnt / "b").mkdir()
+        r = subprocess.run(["dd", "if=/dev/zero", f"of={m.mnt / 'b' / 'f'}", "bs=64k", "count=32"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "No space left on device" in r.stderr
+        assert (m.mnt / "b" / "f").stat().st_size <= MiB
+    finally:
+        assert m.stop() == 0
+    files = [p for p in (m.backing / "b").rglob("*") if p.is_file() and p.name != ".quota"]
+    assert quota_file(m.backing, "b")["current_usage_bytes"] == sum(p.stat().st_size for p in files)
