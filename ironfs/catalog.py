@@ -11,7 +11,8 @@ from .config import Config
 from .ledger import Bucket, Ledger, Limits
 from .rules import is_bucket_name
 from .scanner import Usage, scan_buckets, scan_tree
-from .state import CorruptState, QuotaRecord, load_quota, set_aside, utc_now
+from .state import CorruptState, QuotaRecord, load_quota, load_stats, set_aside, stats_name, utc_now
+from .stats import COUNTERS, StatsBook
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,34 @@ def read_record(root: bytes, name: bytes) -> QuotaRecord | None:
         return None
 
 
-def load_buckets(cfg: Config, ledger: Ledger, *, trust_usage: bool,
+def attach_stats(root: bytes, book: StatsBook, bucket: Bucket) -> None:
+    """Continue this month's counters from ``.stats/`` (a corrupt file is set aside)."""
+    counters = book.attach(bucket)
+    stats_dir = os.path.join(root, bucket.name, b".stats")
+    try:
+        values = load_stats(os.path.join(root, bucket.name), counters.month, COUNTERS)
+    except CorruptState as e:
+        name = stats_name(counters.month)
+        kept = name + b".corrupt-" + utc_now().strftime("%Y%m%dT%H%M%SZ").encode()
+        try:
+            os.rename(os.path.join(stats_dir, name), os.path.join(stats_dir, kept))
+        except OSError:
+            pass
+        log.error("bucket %s: .stats/%s is corrupt (%s); kept as %s, counting from zero",
+                  bucket.display_name, os.fsdecode(name), e, os.fsdecode(kept))
+        return
+    if values is not None:
+        counters.values = values
+
+
+def new_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+    """A bucket made through the mount (mkdir): default limits, no usage."""
+    bucket = ledger.add(name, default_limits(cfg))
+    book.attach(bucket)
+    return bucket
+
+
+def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: bool,
                  show_progress: bool = True) -> None:
     """Fill *ledger* with every bucket of the backing root before serving."""
     started = time.monotonic()
@@ -64,16 +92,20 @@ def load_buckets(cfg: Config, ledger: Ledger, *, trust_usage: bool,
 
     scan_buckets(cfg.backing, to_scan, cfg.profile, workers=cfg.scan_workers,
                  show_progress=show_progress, on_done=done)
+    for bucket in ledger:
+        attach_stats(cfg.backing, book, bucket)
     total = sum(b.used_bytes for b in ledger)
     log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
              len(ledger), len(to_scan), total, time.monotonic() - started)
 
 
-def adopt_bucket(cfg: Config, ledger: Ledger, name: bytes) -> Bucket:
+def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
     """A bucket directory that appeared behind the mount's back: scan and track it."""
     record = read_record(cfg.backing, name)
     limits = record.limits if record is not None else default_limits(cfg)
     usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
     log.warning("bucket %s appeared on the backing root; tracking it (%d bytes, %d objects)",
                 os.fsdecode(name), usage.used_bytes, usage.objects)
-    return ledger.add(name, limits, usage.used_bytes, usage.objects)
+    bucket = ledger.add(name, limits, usage.used_bytes, usage.objects)
+    attach_stats(cfg.backing, book, bucket)
+    return bucket

@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,14 +31,26 @@ import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
-from .catalog import adopt_bucket
+from .catalog import adopt_bucket, new_bucket
 from .config import Config
 from .inodes import InodeTable, Node
 from .ledger import Bucket, Ledger, Limits, QuotaExceeded
 from .persist import StateStore
 from .rules import hides, is_bucket_name, is_bucket_state, is_root_state
 from .scanner import scan_tree
-from .state import archive_bucket_state, fsync_dir
+from .state import archive_bucket_state, fsync_dir, load_stats
+from .stats import (
+    BYTES_READ,
+    BYTES_WRITTEN,
+    COUNTERS,
+    DELETE,
+    GET,
+    HEAD,
+    LIST,
+    MULTIPART,
+    PUT,
+    REJECTIONS,
+)
 from .units import parse_count, parse_limit, parse_size
 
 log = logging.getLogger(__name__)
@@ -48,6 +61,11 @@ _STRIP_FLAGS = os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 _XATTR_PREFIX = b"user.ironfs."
 _libc = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
+#: A lookup of an object counts as HEAD unless an open follows within this time…
+HEAD_WAIT = 0.5
+#: …or the object was opened, closed or published this recently (a server's own
+#: check around a GET or PUT).
+QUIET_AFTER_USE = 1.0
 
 Change = tuple[Bucket, int, int]
 
@@ -62,6 +80,7 @@ def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise FUSEError(e.errno or errno.EIO) from None
         except QuotaExceeded as e:
             self.rejections += 1
+            self.book.add(e.bucket, REJECTIONS)
             log.debug("refused: %s", e)
             raise FUSEError(self.quota_errno) from None
     return wrapper
@@ -76,12 +95,17 @@ def renameat2(old: bytes, new: bytes, flags: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-class Handle:
-    __slots__ = ("fd", "node")
+NOT_READING, READ_COUNTED, REREAD = 0, 1, 2
 
-    def __init__(self, fd: int, node: Node) -> None:
+
+class Handle:
+    __slots__ = ("fd", "node", "wrote", "reading")
+
+    def __init__(self, fd: int, node: Node, wrote: bool = False) -> None:
         self.fd = fd
         self.node = node
+        self.wrote = wrote  # created, truncated or written through this handle
+        self.reading = NOT_READING  # read-only: counted as a GET, or the server's re-read
 
 
 class DirHandle:
@@ -101,6 +125,7 @@ class IronFS(pyfuse3.Operations):
         self.cfg = cfg
         self.ledger = ledger
         self.store = store
+        self.book = store.book
         self.profile = cfg.profile
         self.quota_errno = cfg.quota_errno
         root_st = os.lstat(cfg.backing)
@@ -112,6 +137,7 @@ class IronFS(pyfuse3.Operations):
         self.entry_timeout = 1.0
         self.attr_timeout = 1.0
         self.rejections = 0
+        self._heads: dict[Node, float] = {}  # objects looked up, not yet opened
 
     # -- helpers: nodes, names, attributes -------------------------------------
     def _node(self, ino: int) -> Node:
@@ -190,7 +216,7 @@ class IronFS(pyfuse3.Operations):
     def _bucket_named(self, name: bytes) -> Bucket:
         bucket = self.ledger.get(name)
         if bucket is None:
-            bucket = adopt_bucket(self.cfg, self.ledger, name)
+            bucket = adopt_bucket(self.cfg, self.ledger, self.book, name)
         return bucket
 
     def _remember(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
@@ -238,6 +264,8 @@ class IronFS(pyfuse3.Operations):
         self._check_visible(parent, name)
         st = os.lstat(self.inodes.child_path(parent, name))
         node = self._remember(parent, name, st)
+        if node.bucket is not None and stat.S_ISREG(st.st_mode):
+            self._looked_at(node)
         return self._entry(node, st)
 
     async def forget(self, inode_list: Any) -> None:
@@ -247,7 +275,10 @@ class IronFS(pyfuse3.Operations):
     @handler
     def getattr(self, ino: int, ctx: Any) -> EntryAttributes:
         node = self._node(ino)
-        return self._entry(node, self._stat(node))
+        st = self._stat(node)
+        if node.bucket is not None and stat.S_ISREG(st.st_mode):
+            self._looked_at(node)
+        return self._entry(node, st)
 
     @handler
     def setattr(self, ino: int, attr: EntryAttributes, fields: Any, fh: int | None,
@@ -259,6 +290,8 @@ class IronFS(pyfuse3.Operations):
         target: bytes | int = handle.fd if handle is not None else self._target(node)
         if fields.update_size:
             self._truncate(node, target, attr.st_size)
+            if handle is not None:
+                handle.wrote = node.fresh = True
         if fields.update_mode:
             if stat.S_ISLNK(self._stat(node).st_mode):
                 raise FUSEError(errno.EOPNOTSUPP)
@@ -363,15 +396,15 @@ class IronFS(pyfuse3.Operations):
         parent = self._node(parent_ino)
         self._check_writable(parent, name)
         path = self.inodes.child_path(parent, name)
-        new_bucket = parent is self.root and is_bucket_name(name)
-        if new_bucket and self.cfg.max_buckets is not None and len(self.ledger) >= self.cfg.max_buckets:
+        making_bucket = parent is self.root and is_bucket_name(name)
+        if making_bucket and self.cfg.max_buckets is not None and len(self.ledger) >= self.cfg.max_buckets:
             log.warning("refused bucket %s: %d buckets is the limit (max_buckets)",
                         os.fsdecode(name), self.cfg.max_buckets)
             raise FUSEError(self.quota_errno)
         os.mkdir(path, mode & ~ctx.umask & 0o7777)
         self._chown_new(path, parent, ctx)
-        if new_bucket and self.ledger.get(name) is None:
-            self.ledger.add(name, Limits(max_bytes=self.cfg.bucket_max_bytes))
+        if making_bucket and self.ledger.get(name) is None:
+            new_bucket(self.cfg, self.ledger, self.book, name)
             log.info("bucket %s created", os.fsdecode(name))
         return self._new_entry(parent, name, path)
 
@@ -419,6 +452,8 @@ class IronFS(pyfuse3.Operations):
         except OSError:
             self.ledger.refund_many(done)
             raise
+        if stat.S_ISREG(st.st_mode) and self._is_object(parent, name):
+            self.book.add(parent.bucket, DELETE)  # type: ignore[arg-type]
         self._dropped(parent, name, st)
 
     def _drop_changes(self, parent: Node, name: bytes, st: os.stat_result) -> list[Change]:
@@ -439,6 +474,7 @@ class IronFS(pyfuse3.Operations):
         node = self.inodes.by_key((st.st_dev, st.st_ino))
         if node is None:
             return
+        self._heads.pop(node, None)
         if stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1:
             if node.open and node.bucket is not None and stat.S_ISREG(st.st_mode):
                 node.unlinked = True
@@ -506,12 +542,19 @@ class IronFS(pyfuse3.Operations):
             if self._is_bucket_position(new_parent, new_name, dst):
                 raise FUSEError(errno.ENOTEMPTY)  # a bucket always holds its state
             changes += self._drop_changes(new_parent, new_name, dst)
+        published = (stat.S_ISREG(src.st_mode) and not exchange
+                     and self._is_object(new_parent, new_name)
+                     and not self._is_object(old_parent, old_name))
+        multipart = published and self.profile.is_multipart(
+            self.inodes.components(old_parent)[1:] + [old_name])
         done = self.ledger.charge_many(changes)
         try:
             renameat2(old_path, new_path, flags)
         except OSError:
             self.ledger.refund_many(done)
             raise
+        if published:
+            self._published(new_parent.bucket, src, multipart)  # type: ignore[arg-type]
         self._renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
 
     def _is_bucket_position(self, parent: Node, name: bytes, st: os.stat_result) -> bool:
@@ -604,10 +647,14 @@ class IronFS(pyfuse3.Operations):
         fd = os.open(target, bflags)
         if truncated:
             self.ledger.refund(node.bucket, truncated)  # type: ignore[arg-type]
+        reading = not writing
         if flags & os.O_TRUNC:
             node.size = 0
+            node.fresh = True
         node.open += 1
-        self.handles[fd] = Handle(fd, node)
+        handle = self.handles[fd] = Handle(fd, node, wrote=bool(flags & os.O_TRUNC))
+        if node.bucket is not None:
+            self._opened(handle, reading)
         return fd
 
     @handler
@@ -634,7 +681,8 @@ class IronFS(pyfuse3.Operations):
         node = self._remember(parent, name, st)
         node.open += 1
         node.size = 0
-        self.handles[fd] = Handle(fd, node)
+        node.fresh = True
+        self.handles[fd] = Handle(fd, node, wrote=True)
         return FileInfo(fh=fd), self._entry(node, st)
 
     def _create_existing(self, parent: Node, name: bytes, path: bytes,
@@ -646,7 +694,11 @@ class IronFS(pyfuse3.Operations):
 
     @handler
     def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self.handles[fh].fd, size, off)
+        handle = self.handles[fh]
+        data = os.pread(handle.fd, size, off)
+        if handle.node.bucket is not None:
+            self.book.add(handle.node.bucket, BYTES_READ, len(data))
+        return data
 
     @handler
     def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -655,6 +707,8 @@ class IronFS(pyfuse3.Operations):
         bucket = node.bucket
         if bucket is None:
             return os.pwrite(handle.fd, buf, off)
+        handle.wrote = node.fresh = True
+        self.book.add(bucket, BYTES_WRITTEN, len(buf))
         size = node.size
         if size is None:
             size = node.size = os.fstat(handle.fd).st_size
@@ -686,6 +740,8 @@ class IronFS(pyfuse3.Operations):
     def _release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
         node = handle.node
+        if node.bucket is not None:
+            self._closed(node, handle)
         try:
             if node.open == 1 and node.unlinked:
                 # The last handle of an unlinked file: now its bytes are gone.
@@ -715,10 +771,79 @@ class IronFS(pyfuse3.Operations):
             except OSError as e:
                 log.warning("closing a handle left open at unmount: %s", e.strerror)
 
+    # -- operation counters (rules in DESIGN.md and the README) -------------------
+    def _node_is_object(self, node: Node) -> bool:
+        return node.parent is not None and self._is_object(node.parent, node.name)
+
+    def _looked_at(self, node: Node) -> None:
+        """An object's attributes were asked for: a HEAD, unless an open follows."""
+        now = time.monotonic()
+        if node.open or now - node.busy_at < QUIET_AFTER_USE or node in self._heads:
+            return
+        if self._node_is_object(node):
+            self._heads[node] = now
+
+    def _opened(self, handle: Handle, reading: bool) -> None:
+        node = handle.node
+        now = time.monotonic()
+        node.busy_at = now
+        self._heads.pop(node, None)
+        if not reading or not self._node_is_object(node):
+            return
+        window = self.profile.reread_window
+        if window and now - node.read_at < window:
+            handle.reading = REREAD  # the second read of the same GET
+        else:
+            handle.reading = READ_COUNTED
+            self.book.add(node.bucket, GET)  # type: ignore[arg-type]
+
+    def _closed(self, node: Node, handle: Handle) -> None:
+        now = time.monotonic()
+        node.busy_at = now
+        if handle.reading:
+            node.read_at = now if handle.reading == READ_COUNTED else 0.0
+        if handle.wrote and node.fresh and not node.unlinked and self._node_is_object(node):
+            node.fresh = False
+            self.book.add(node.bucket, PUT)  # type: ignore[arg-type]
+
+    def _published(self, bucket: Bucket, st: os.stat_result, multipart: bool) -> None:
+        """A staging file was renamed onto a visible name: one upload completed."""
+        self.book.add(bucket, MULTIPART if multipart else PUT)
+        node = self.inodes.by_key((st.st_dev, st.st_ino))
+        if node is not None:
+            node.fresh = False
+            node.busy_at = time.monotonic()
+            self._heads.pop(node, None)
+
+    def commit_heads(self, everything: bool = False) -> None:
+        """Count the lookups that no open followed (flusher tick, trio thread)."""
+        now = time.monotonic()
+        for node, at in list(self._heads.items()):
+            if everything or now - at >= HEAD_WAIT:
+                del self._heads[node]
+                if node.bucket is not None:
+                    self.book.add(node.bucket, HEAD)
+
+    def _stats_xattr(self, bucket: Bucket, month: str) -> bytes:
+        current = self.book.current(bucket)
+        if month in ("", current.month):
+            return orjson.dumps({"month": current.month, **current.as_dict()})
+        for b, counters in self.book.closed:
+            if b is bucket and counters.month == month:
+                return orjson.dumps({"month": month, **counters.as_dict()})
+        if len(month) != 7 or not month[:4].isdigit() or month[4] != "-" or not month[5:].isdigit():
+            raise FUSEError(pyfuse3.ENOATTR)
+        values = load_stats(os.path.join(self.cfg.backing, bucket.name), month, COUNTERS)
+        if values is None:
+            raise FUSEError(pyfuse3.ENOATTR)
+        return orjson.dumps({"month": month, **dict(zip(COUNTERS, values, strict=True))})
+
     # -- directories -----------------------------------------------------------------
     @handler
     def opendir(self, ino: int, ctx: Any) -> int:
         node = self._node(ino)
+        if node.bucket is not None and not node.state and not self._hidden(node):
+            self.book.add(node.bucket, LIST)
         fh = self._next_dir
         self._next_dir += 1
         self.dirs[fh] = DirHandle(node)
@@ -799,6 +924,8 @@ class IronFS(pyfuse3.Operations):
             "max_bytes": b.limits.max_bytes, "max_objects": b.limits.max_objects,
             "grace_bytes": b.limits.grace_bytes, "soft_bytes": b.soft_limit,
         }
+        if field == b"stats" or field.startswith(b"stats."):
+            return self._stats_xattr(b, field[6:].decode("ascii", "replace"))
         if field == b"quota":
             values["bucket"] = b.display_name
             values["over_soft"] = b.over_soft

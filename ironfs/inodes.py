@@ -21,7 +21,7 @@ ROOT_INODE = 1
 class Node:
     __slots__ = (
         "ino", "key", "parent", "name", "extra_links", "lookups", "children",
-        "open", "bucket", "size", "unlinked", "state",
+        "open", "bucket", "size", "unlinked", "state", "fresh", "busy_at", "read_at",
     )
 
     def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
@@ -42,6 +42,11 @@ class Node:
         self.unlinked = False
         # Part of ironfs's own state (seen only with expose_state, read-only).
         self.state = state
+        # For the operation counters: written since its last PUT was counted;
+        # when it was last opened, released or published; when a read handle closed.
+        self.fresh = False
+        self.busy_at = 0.0
+        self.read_at = 0.0
 
     def __repr__(self) -> str:
         return f"Node({self.ino}, {self.name!r}, lookups={self.lookups}, open={self.open})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Bucket:
 
     __slots__ = (
         "name", "limits", "used_bytes", "objects", "dirty", "over_soft",
-        "hard_bytes", "soft_limit",
+        "hard_bytes", "soft_limit", "stats",
     )
 
     def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
@@ -53,6 +54,7 @@ class Bucket:
         self.used_bytes = used_bytes
         self.objects = objects
         self.dirty = True
+        self.stats: Any = None  # this month's counters, owned by stats.StatsBook
         self.set_limits(limits)
         self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
 

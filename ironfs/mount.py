@@ -22,6 +22,7 @@ from .fs import IronFS
 from .ledger import Ledger
 from .persist import StateStore
 from .state import MountLock, take_clean_marker, utc_now, write_clean_marker
+from .stats import StatsBook
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,11 @@ def fuse_options(cfg: Config) -> set[str]:
             *cfg.kernel_options}
 
 
-async def _flusher(store: StateStore, interval: float) -> None:
+async def _flusher(ops: IronFS, store: StateStore, interval: float) -> None:
     """Write dirty state every *interval* seconds; a failure is retried next tick."""
     while True:
         await trio.sleep(interval)
+        ops.commit_heads()
         items = store.snapshot()
         if items:
             failed = await trio.to_thread.run_sync(store.write, items)
@@ -52,7 +54,7 @@ async def _stop_on_signal() -> None:
 
 async def _serve(cfg: Config, ops: IronFS, store: StateStore) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_flusher, store, cfg.flush_interval)
+        nursery.start_soon(_flusher, ops, store, cfg.flush_interval)
         nursery.start_soon(_stop_on_signal)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
@@ -72,8 +74,9 @@ def run(cfg: Config) -> None:
         elif cfg.force_rescan:
             log.info("rescan requested: rescanning every bucket")
         ledger = Ledger(enforce=cfg.enforce)
-        load_buckets(cfg, ledger, trust_usage=clean and not cfg.force_rescan)
-        store = StateStore(cfg.backing, ledger)
+        book = StatsBook()
+        load_buckets(cfg, ledger, book, trust_usage=clean and not cfg.force_rescan)
+        store = StateStore(cfg.backing, ledger, book)
         ops = IronFS(cfg, ledger, store)
         pyfuse3.init(ops, os.fsdecode(cfg.mountpoint), fuse_options(cfg))
         log.info("serving %s at %s (%d buckets, quota %s)", os.fsdecode(cfg.backing),
@@ -87,6 +90,7 @@ def run(cfg: Config) -> None:
             # dead, so nothing can write to the bare directory behind the quota.
             pyfuse3.close(unmount=stopped_cleanly and is_fuse_mount(cfg.mountpoint))
         ops.release_all()
+        ops.commit_heads(everything=True)
         if not store.flush_now():
             log.error("final flush failed: the next start will rescan")
             return

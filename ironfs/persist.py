@@ -1,4 +1,4 @@
-"""Writing dirty ledger entries to their ``.quota`` files.
+"""Writing dirty ledger entries and counters to their state files.
 
 A snapshot is taken on the trio thread (cheap, consistent); the writes (fsync)
 run in a worker thread.  ``lock`` keeps a flush from writing into a bucket
@@ -11,67 +11,103 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
 from .ledger import Bucket, Ledger
-from .state import quota_json, save_quota, utc_now
+from .state import quota_json, save_quota, save_stats, stats_json, utc_now
+from .stats import MonthCounters, StatsBook
 
 log = logging.getLogger(__name__)
 
-Item = tuple[Bucket, bytes, bytes]  # bucket, its name at snapshot time, payload
+
+@dataclass(slots=True)
+class Item:
+    bucket: Bucket
+    name: bytes  # the bucket's name when the snapshot was taken
+    payload: bytes
+    counters: MonthCounters | None = None  # None: the .quota file
+
+    def write(self, root: bytes) -> None:
+        if self.counters is None:
+            save_quota(root, self.name, self.payload)
+        else:
+            save_stats(root, self.name, self.counters.month, self.payload)
 
 
 class StateStore:
-    def __init__(self, root: bytes, ledger: Ledger) -> None:
+    def __init__(self, root: bytes, ledger: Ledger, book: StatsBook) -> None:
         self.root = root
         self.ledger = ledger
+        self.book = book
         self.lock = threading.Lock()
         self.last_flush_seconds = 0.0
         self._failing: set[bytes] = set()
 
     def snapshot(self) -> list[Item]:
-        """Payloads of the dirty buckets, marking them clean (trio thread only)."""
+        """Payloads of everything changed, marked clean (trio thread only)."""
         now = utc_now()
         items: list[Item] = []
         for bucket in self.ledger:
             if bucket.dirty:
                 bucket.dirty = False
-                items.append((bucket, bucket.name, quota_json(bucket, now)))
+                items.append(Item(bucket, bucket.name, quota_json(bucket, now)))
+            counters = self.book.current(bucket)  # closes out a finished month
+            if counters.dirty:
+                counters.dirty = False
+                items.append(Item(bucket, bucket.name, stats_json(counters.as_dict(), now), counters))
+        for bucket, counters in self.book.take_closed():
+            if self.ledger.get(bucket.name) is bucket:
+                items.append(Item(bucket, bucket.name, stats_json(counters.as_dict(), now), counters))
         return items
 
-    def write(self, items: list[Item]) -> list[Bucket]:
-        """Write *items*; returns the buckets whose write failed (any thread)."""
-        failed: list[Bucket] = []
+    def write(self, items: list[Item]) -> list[Item]:
+        """Write *items*; returns those that failed (any thread)."""
+        failed: list[Item] = []
         started = time.monotonic()
         with self.lock:
-            for bucket, name, payload in items:
+            for item in items:
                 try:
-                    save_quota(self.root, name, payload)
+                    item.write(self.root)
                 except OSError as e:
-                    failed.append(bucket)
-                    if name not in self._failing:
-                        self._failing.add(name)
+                    failed.append(item)
+                    if item.name not in self._failing:
+                        self._failing.add(item.name)
                         log.warning("flush of bucket %s failed: %s; retrying every tick",
-                                    os.fsdecode(name), e.strerror)
+                                    os.fsdecode(item.name), e.strerror)
                 else:
-                    if name in self._failing:
-                        self._failing.discard(name)
-                        log.info("flush of bucket %s works again", os.fsdecode(name))
+                    if item.name in self._failing:
+                        self._failing.discard(item.name)
+                        log.info("flush of bucket %s works again", os.fsdecode(item.name))
         self.last_flush_seconds = time.monotonic() - started
         return failed
 
-    def redirty(self, failed: list[Bucket]) -> None:
-        """Mark failed buckets dirty again, unless they were deleted meanwhile (trio thread)."""
-        for bucket in failed:
-            if self.ledger.get(bucket.name) is bucket:
+    def redirty(self, failed: list[Item]) -> None:
+        """Retry failed items next tick, unless their bucket is gone (trio thread)."""
+        for item in failed:
+            bucket = item.bucket
+            if self.ledger.get(bucket.name) is not bucket:
+                continue
+            if item.counters is None:
                 bucket.dirty = True
+            elif item.counters is bucket.stats:
+                item.counters.dirty = True
+            else:
+                self.book.closed.append((bucket, item.counters))
 
     def flush_now(self) -> bool:
-        """Synchronous flush of everything dirty; True if all of it was written."""
+        """Synchronous flush of everything changed; True if all of it was written."""
         failed = self.write(self.snapshot())
         self.redirty(failed)
         return not failed
 
     def flush_bucket(self, bucket: Bucket) -> None:
-        """Write one bucket now, raising on failure (caller holds ``lock``)."""
-        save_quota(self.root, bucket.name, quota_json(bucket, utc_now()))
+        """Write one bucket's state now, raising on failure (caller holds ``lock``)."""
+        now = utc_now()
+        save_quota(self.root, bucket.name, quota_json(bucket, now))
         bucket.dirty = False
+        pending = [c for b, c in self.book.closed if b is bucket]
+        self.book.closed = [(b, c) for b, c in self.book.closed if b is not bucket]
+        current = self.book.current(bucket)
+        for counters in [*pending, current]:
+            save_stats(self.root, bucket.name, counters.month, stats_json(counters.as_dict(), now))
+            counters.dirty = False

@@ -49,6 +49,15 @@ class Profile:
 
     name: str
     sidecar_suffixes: tuple[bytes, ...] = ()
+    #: A staging file with one of these name prefixes, renamed onto a visible
+    #: name, completes a multipart upload.
+    multipart_prefixes: tuple[bytes, ...] = ()
+    #: Or one staged below a directory of this name at the top of the bucket.
+    multipart_dirs: tuple[bytes, ...] = ()
+    #: The server reads an object twice per GET (a hash, then the data): a
+    #: read-only open this many seconds after the last read handle closed is the
+    #: same GET.  0: every read-only open is a GET.
+    reread_window: float = 0.0
 
     def is_object_name(self, name: bytes) -> bool:
         """Whether a regular file called *name*, in a visible directory, is an object."""
@@ -59,13 +68,24 @@ class Profile:
                 return False
         return True
 
+    def is_multipart(self, components: list[bytes]) -> bool:
+        """Whether a staging file at *components* (inside its bucket) is a
+        completed multipart upload when it is published."""
+        if not components:
+            return False
+        if self.multipart_prefixes and components[-1].startswith(self.multipart_prefixes):
+            return True
+        return components[0] in self.multipart_dirs
+
 
 PROFILES: dict[str, Profile] = {
     "generic": Profile("generic"),
     # rclone's temp files (.rclone_temp_put_*, .rclone_temp_multipart_*) are dot
     # files already, so the generic rule covers them.
-    "rclone": Profile("rclone"),
+    "rclone": Profile("rclone", multipart_prefixes=(b".rclone_temp_multipart_",),
+                      reread_window=1.0),
     # IronBucket keeps <key>.metadata sidecars; .multipart/ and .versions/ are
     # dot directories, hidden by the generic rule.
-    "ironbucket": Profile("ironbucket", sidecar_suffixes=(b".metadata",)),
+    "ironbucket": Profile("ironbucket", sidecar_suffixes=(b".metadata",),
+                          multipart_dirs=(b".multipart",)),
 }

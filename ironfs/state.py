@@ -162,6 +162,50 @@ def save_quota(root: bytes, bucket_name: bytes, payload: bytes) -> None:
     atomic_write(os.path.join(root, bucket_name), QUOTA_FILE, payload)
 
 
+# -- .stats/YYYY-MM.json --------------------------------------------------------
+
+def stats_json(counters: dict[str, int], now: datetime) -> bytes:
+    return orjson.dumps({**counters, "last_updated": iso(now)}, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_stats(data: bytes, names: tuple[str, ...]) -> list[int]:
+    """Counter values in the order of *names*; a missing counter is 0."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptState(f"not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CorruptState("not a JSON object")
+    return [_field(doc, name, nullable=False, default=0) or 0 for name in names]
+
+
+def stats_name(month: str) -> bytes:
+    return month.encode() + b".json"
+
+
+def load_stats(bucket_dir: bytes, month: str, names: tuple[str, ...]) -> list[int] | None:
+    """A month's counters, None if there is no file.  Raises CorruptState."""
+    path = os.path.join(bucket_dir, STATS_DIR, stats_name(month))
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CorruptState(f"unreadable: {e.strerror}") from None
+    return parse_stats(data, names)
+
+
+def save_stats(root: bytes, bucket_name: bytes, month: str, payload: bytes) -> None:
+    """Write a month's file; creates ``.stats/`` but never the bucket itself."""
+    stats_dir = os.path.join(root, bucket_name, STATS_DIR)
+    try:
+        os.mkdir(stats_dir, 0o755)
+    except FileExistsError:
+        pass
+    atomic_write(stats_dir, stats_name(month), payload)
+
+
 # -- mount-wide state -----------------------------------------------------------
 
 def state_dir(root: bytes) -> bytes:

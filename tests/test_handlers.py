@@ -14,6 +14,7 @@ from ironfs.config import build_config
 from ironfs.fs import IronFS
 from ironfs.ledger import Ledger, Limits
 from ironfs.persist import StateStore
+from ironfs.stats import StatsBook
 
 ROOT_CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 
@@ -24,8 +25,9 @@ def fs(tmp_path: Path) -> IronFS:
     (backing / "b").mkdir(parents=True)
     cfg = build_config(str(backing), str(tmp_path / "mnt"), [], {})
     ledger = Ledger()
-    ledger.add(b"b", Limits(max_bytes=1000))
-    return IronFS(cfg, ledger, StateStore(cfg.backing, ledger))
+    book = StatsBook()
+    book.attach(ledger.add(b"b", Limits(max_bytes=1000)))
+    return IronFS(cfg, ledger, StateStore(cfg.backing, ledger, book))
 
 
 async def lookup(fs: IronFS, *names: bytes) -> int:

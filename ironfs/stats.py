@@ -1,0 +1,77 @@
+"""Monthly operation counters per bucket, in memory; plain Python, no I/O.
+
+An increment is a list update after one clock read: when the UTC month has
+ended, the bucket's counters are closed out (queued for their own month's file)
+and a fresh month starts, so nothing is ever added to the wrong month.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .ledger import Bucket
+
+COUNTERS = ("get_count", "put_count", "delete_count", "list_count", "head_count",
+            "multipart_count", "bytes_written", "bytes_read", "quota_rejections")
+GET, PUT, DELETE, LIST, HEAD, MULTIPART, BYTES_WRITTEN, BYTES_READ, REJECTIONS = range(len(COUNTERS))
+
+
+def month_of(ts: float) -> tuple[str, float]:
+    """The UTC month holding *ts* (``YYYY-MM``) and the timestamp it ends at."""
+    d = datetime.fromtimestamp(ts, UTC)
+    start_next = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
+    return f"{d.year:04d}-{d.month:02d}", start_next.timestamp()
+
+
+class MonthCounters:
+    __slots__ = ("month", "until", "values", "dirty")
+
+    def __init__(self, month: str, until: float, values: list[int] | None = None) -> None:
+        self.month = month
+        self.until = until
+        self.values = values if values is not None else [0] * len(COUNTERS)
+        self.dirty = False
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(COUNTERS, self.values, strict=True))
+
+
+class StatsBook:
+    """Counters of every bucket; ``closed`` holds finished months not yet written."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.closed: list[tuple[Bucket, MonthCounters]] = []
+
+    def attach(self, bucket: Bucket, values: list[int] | None = None,
+               month: str | None = None) -> MonthCounters:
+        """Give *bucket* counters for the current month (continuing *values*
+        if they were loaded for that month)."""
+        current, until = month_of(self.clock())
+        counters = MonthCounters(current, until, values if month == current else None)
+        bucket.stats = counters
+        return counters
+
+    def current(self, bucket: Bucket) -> MonthCounters:
+        counters: MonthCounters = bucket.stats
+        if self.clock() >= counters.until:
+            counters = self._roll(bucket, counters)
+        return counters
+
+    def add(self, bucket: Bucket, counter: int, n: int = 1) -> None:
+        counters: MonthCounters = bucket.stats
+        if self.clock() >= counters.until:
+            counters = self._roll(bucket, counters)
+        counters.values[counter] += n
+        counters.dirty = True
+
+    def _roll(self, bucket: Bucket, old: MonthCounters) -> MonthCounters:
+        if old.dirty:
+            self.closed.append((bucket, old))
+        return self.attach(bucket)
+
+    def take_closed(self) -> list[tuple[Bucket, MonthCounters]]:
+        closed, self.closed = self.closed, []
+        return closed
