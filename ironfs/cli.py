@@ -1,4 +1,5 @@
-"""The ``ironfs`` command: ``ironfs BACKING MOUNTPOINT [-o opt[,opt…]]``.
+"""The ``ironfs`` command: ``ironfs [mount] BACKING MOUNTPOINT [-o opt[,opt…]]``,
+and ``ironfs stats BUCKET_DIR`` (see report.py).
 
 Exit status: 0 clean stop, 1 could not start (bad option, unsuitable
 directories, backing root already served), 2 bad command line, 3 crashed
@@ -40,6 +41,13 @@ def setup_logging(level: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        from .report import stats_main
+
+        return stats_main(argv[1:])
+    if argv[:1] == ["mount"]:  # explicit form, for a backing directory named "stats"
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
