@@ -11,7 +11,17 @@ from .config import Config
 from .ledger import Bucket, Ledger, Limits
 from .rules import is_bucket_name
 from .scanner import Usage, scan_buckets, scan_tree
-from .state import CorruptState, QuotaRecord, load_quota, load_stats, set_aside, stats_name, utc_now
+from .state import (
+    CorruptState,
+    QuotaRecord,
+    load_accounts,
+    load_quota,
+    load_stats,
+    set_aside,
+    state_dir,
+    stats_name,
+    utc_now,
+)
 from .stats import COUNTERS, StatsBook
 
 log = logging.getLogger(__name__)
@@ -97,6 +107,34 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     total = sum(b.used_bytes for b in ledger)
     log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
              len(ledger), len(to_scan), total, time.monotonic() - started)
+
+
+def load_account_file(cfg: Config, ledger: Ledger) -> None:
+    """Accounts from ``.ironfs/accounts.json``; a corrupt file is set aside (and
+    the accounts' limits are then gone until an administrator sets them again)."""
+    try:
+        records = load_accounts(cfg.backing)
+    except CorruptState as e:
+        try:
+            kept = set_aside(state_dir(cfg.backing), b"accounts.json", utc_now())
+        except OSError:
+            kept = b"(could not be moved)"
+        log.error("accounts.json is corrupt (%s); kept as %s; NO ACCOUNT LIMITS apply until "
+                  "they are set again", e, os.fsdecode(kept))
+        ledger.accounts_dirty = False
+        return
+    for record in records:
+        account = ledger.add_account(record.name, record.limits)
+        for name in record.buckets:
+            bucket = ledger.get(name)
+            if bucket is None:
+                log.warning("account %s: bucket %s no longer exists; dropped from the account",
+                            record.name, os.fsdecode(name))
+                continue
+            ledger.assign(bucket, account)
+    ledger.accounts_dirty = False
+    if records:
+        log.info("%d account(s) loaded", len(records))
 
 
 def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:

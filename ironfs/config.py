@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .ledger import DEFAULT_BUCKET_MAX_BYTES
+from .ledger import DEFAULT_ACCOUNT_MAX_BYTES, DEFAULT_BUCKET_MAX_BYTES
 from .rules import PROFILES, Profile
 from .units import parse_limit
 
@@ -29,6 +29,7 @@ class Config:
     backing: bytes
     mountpoint: bytes
     bucket_max_bytes: int | None = DEFAULT_BUCKET_MAX_BYTES
+    account_max_bytes: int | None = DEFAULT_ACCOUNT_MAX_BYTES
     flush_interval: float = 1.0
     max_buckets: int | None = None
     quota_errno: int = errno.ENOSPC
@@ -90,6 +91,8 @@ def build_config(backing: str, mountpoint: str, options: Sequence[str],
                  mountpoint=os.fsencode(os.path.abspath(mountpoint)))
     if "BUCKET_QUOTA_BYTES" in env:
         cfg.bucket_max_bytes = _limit("BUCKET_QUOTA_BYTES", env["BUCKET_QUOTA_BYTES"])
+    if "IRONFS_DEFAULT_ACCOUNT_QUOTA" in env:
+        cfg.account_max_bytes = _limit("IRONFS_DEFAULT_ACCOUNT_QUOTA", env["IRONFS_DEFAULT_ACCOUNT_QUOTA"])
     if "QUOTA_FLUSH_INTERVAL_MS" in env:
         cfg.flush_interval = _int("QUOTA_FLUSH_INTERVAL_MS", env["QUOTA_FLUSH_INTERVAL_MS"], 1) / 1000
     if "QUOTA_CACHE_MAX_SIZE" in env:
@@ -102,6 +105,8 @@ def build_config(backing: str, mountpoint: str, options: Sequence[str],
 def _apply_option(cfg: Config, key: str, val: str | None) -> None:
     if key == "bucket_quota_bytes":
         cfg.bucket_max_bytes = _limit(key, _need(key, val))
+    elif key == "account_quota_bytes":
+        cfg.account_max_bytes = _limit(key, _need(key, val))
     elif key == "flush_interval_ms":
         cfg.flush_interval = _int(key, _need(key, val), 1) / 1000
     elif key == "max_buckets":

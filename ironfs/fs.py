@@ -26,23 +26,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
 from .catalog import adopt_bucket, new_bucket
 from .config import Config
+from .control import Control, ControlError
 from .inodes import InodeTable, Node
-from .ledger import Bucket, Ledger, Limits, QuotaExceeded
+from .ledger import Bucket, Ledger, QuotaExceeded
 from .persist import StateStore
 from .rules import hides, is_bucket_name, is_bucket_state, is_root_state
 from .scanner import scan_tree
-from .state import archive_bucket_state, fsync_dir, load_stats
+from .state import archive_bucket_state, fsync_dir
 from .stats import (
     BYTES_READ,
     BYTES_WRITTEN,
-    COUNTERS,
     DELETE,
     GET,
     HEAD,
@@ -51,7 +50,6 @@ from .stats import (
     PUT,
     REJECTIONS,
 )
-from .units import parse_count, parse_limit, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +76,9 @@ def handler(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(self, *args)
         except OSError as e:
             raise FUSEError(e.errno or errno.EIO) from None
+        except ControlError as e:
+            log.debug("refused: %s", e)
+            raise FUSEError(e.errno) from None
         except QuotaExceeded as e:
             self.rejections += 1
             self.book.add(e.bucket, REJECTIONS)
@@ -138,6 +139,7 @@ class IronFS(pyfuse3.Operations):
         self.attr_timeout = 1.0
         self.rejections = 0
         self._heads: dict[Node, float] = {}  # objects looked up, not yet opened
+        self.control = Control(cfg, ledger, self.book, self.pending_bytes)
 
     # -- helpers: nodes, names, attributes -------------------------------------
     def _node(self, ino: int) -> Node:
@@ -815,6 +817,18 @@ class IronFS(pyfuse3.Operations):
             node.busy_at = time.monotonic()
             self._heads.pop(node, None)
 
+    def pending_bytes(self) -> dict[int, int]:
+        """Bytes still charged for files unlinked while open, per bucket id."""
+        pending: dict[int, int] = {}
+        seen: set[int] = set()
+        for handle in self.handles.values():
+            node = handle.node
+            if node.unlinked and node.bucket is not None and node.ino not in seen:
+                seen.add(node.ino)
+                size = node.size if node.size is not None else os.fstat(handle.fd).st_size
+                pending[id(node.bucket)] = pending.get(id(node.bucket), 0) + size
+        return pending
+
     def commit_heads(self, everything: bool = False) -> None:
         """Count the lookups that no open followed (flusher tick, trio thread)."""
         now = time.monotonic()
@@ -823,20 +837,6 @@ class IronFS(pyfuse3.Operations):
                 del self._heads[node]
                 if node.bucket is not None:
                     self.book.add(node.bucket, HEAD)
-
-    def _stats_xattr(self, bucket: Bucket, month: str) -> bytes:
-        current = self.book.current(bucket)
-        if month in ("", current.month):
-            return orjson.dumps({"month": current.month, **current.as_dict()})
-        for b, counters in self.book.closed:
-            if b is bucket and counters.month == month:
-                return orjson.dumps({"month": month, **counters.as_dict()})
-        if len(month) != 7 or not month[:4].isdigit() or month[4] != "-" or not month[5:].isdigit():
-            raise FUSEError(pyfuse3.ENOATTR)
-        values = load_stats(os.path.join(self.cfg.backing, bucket.name), month, COUNTERS)
-        if values is None:
-            raise FUSEError(pyfuse3.ENOATTR)
-        return orjson.dumps({"month": month, **dict(zip(COUNTERS, values, strict=True))})
 
     # -- directories -----------------------------------------------------------------
     @handler
@@ -890,14 +890,25 @@ class IronFS(pyfuse3.Operations):
     def getxattr(self, ino: int, name: bytes, ctx: Any) -> bytes:
         node = self._node(ino)
         if name.startswith(_XATTR_PREFIX):
-            return self._virtual_xattr(node, name[len(_XATTR_PREFIX):])
+            field = name[len(_XATTR_PREFIX):].decode("utf-8", "replace")
+            if node is self.root:
+                return self.control.get_root(field)
+            if self._is_bucket_dir(node):
+                return self.control.get_bucket(node.bucket, field)  # type: ignore[arg-type]
+            raise FUSEError(pyfuse3.ENOATTR)
         return os.getxattr(self._target(node), name, follow_symlinks=False)
 
     @handler
     def setxattr(self, ino: int, name: bytes, value: bytes, ctx: Any) -> None:
         node = self._node(ino)
         if name.startswith(_XATTR_PREFIX):
-            self._set_limit(node, name[len(_XATTR_PREFIX):], value, ctx)
+            field = name[len(_XATTR_PREFIX):].decode("utf-8", "replace")
+            if node is self.root:
+                self.control.set_root(field, value, ctx.uid)
+            elif self._is_bucket_dir(node):
+                self.control.set_bucket(node.bucket, field, value, ctx.uid)  # type: ignore[arg-type]
+            else:
+                raise FUSEError(errno.ENOTSUP)
             return
         if node.state:
             raise FUSEError(errno.EPERM)
@@ -911,55 +922,9 @@ class IronFS(pyfuse3.Operations):
     @handler
     def removexattr(self, ino: int, name: bytes, ctx: Any) -> None:
         node = self._node(ino)
+        if name.startswith(_XATTR_PREFIX) and node is self.root:
+            self.control.remove_root(name[len(_XATTR_PREFIX):].decode("utf-8", "replace"), ctx.uid)
+            return
         if name.startswith(_XATTR_PREFIX) or node.state:
             raise FUSEError(errno.EPERM)
         os.removexattr(self._target(node), name, follow_symlinks=False)
-
-    def _virtual_xattr(self, node: Node, field: bytes) -> bytes:
-        if not self._is_bucket_dir(node):
-            raise FUSEError(pyfuse3.ENOATTR)
-        b: Bucket = node.bucket  # type: ignore[assignment]
-        values: dict[str, Any] = {
-            "used_bytes": b.used_bytes, "objects": b.objects,
-            "max_bytes": b.limits.max_bytes, "max_objects": b.limits.max_objects,
-            "grace_bytes": b.limits.grace_bytes, "soft_bytes": b.soft_limit,
-        }
-        if field == b"stats" or field.startswith(b"stats."):
-            return self._stats_xattr(b, field[6:].decode("ascii", "replace"))
-        if field == b"quota":
-            values["bucket"] = b.display_name
-            values["over_soft"] = b.over_soft
-            return orjson.dumps(values)
-        key = field.decode("ascii", "replace")
-        if key not in values:
-            raise FUSEError(pyfuse3.ENOATTR)
-        value = values[key]
-        return b"none" if value is None else str(value).encode()
-
-    def _set_limit(self, node: Node, field: bytes, value: bytes, ctx: Any) -> None:
-        if not self._is_bucket_dir(node):
-            raise FUSEError(errno.ENOTSUP)
-        if ctx.uid != 0 and ctx.uid != self.cfg.admin_uid:
-            raise FUSEError(errno.EPERM)
-        bucket: Bucket = node.bucket  # type: ignore[assignment]
-        current = bucket.limits
-        try:
-            text = value.decode("ascii").strip()
-            if field == b"max_bytes":
-                limits = Limits(parse_limit(text), current.max_objects, current.grace_bytes,
-                                current.soft_bytes)
-            elif field == b"max_objects":
-                limits = Limits(current.max_bytes, parse_count(text), current.grace_bytes,
-                                current.soft_bytes)
-            elif field == b"grace_bytes":
-                grace = 0 if text.lower() == "none" else parse_size(text)
-                limits = Limits(current.max_bytes, current.max_objects, grace, current.soft_bytes)
-            elif field == b"soft_bytes":
-                limits = Limits(current.max_bytes, current.max_objects, current.grace_bytes,
-                                parse_limit(text))
-            else:
-                raise FUSEError(errno.EINVAL)
-        except (UnicodeDecodeError, ValueError):
-            raise FUSEError(errno.EINVAL) from None
-        bucket.set_limits(limits)
-        log.info("bucket %s: limits set to %s by uid %d", bucket.display_name, limits, ctx.uid)

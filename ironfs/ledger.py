@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 DEFAULT_BUCKET_MAX_BYTES = 5 * GiB
+DEFAULT_ACCOUNT_MAX_BYTES = 10 * GiB
 #: The soft limit, unless set, is this fraction of ``max_bytes``.
 DEFAULT_SOFT_FRACTION = 0.9
 
@@ -25,15 +26,17 @@ DEFAULT_SOFT_FRACTION = 0.9
 class QuotaExceeded(Exception):
     """A growth that does not fit a limit; mapped to ENOSPC/EDQUOT at the boundary."""
 
-    def __init__(self, bucket: Bucket, what: str) -> None:
-        super().__init__(f"bucket {bucket.name!r}: {what} limit reached")
-        self.bucket = bucket
+    def __init__(self, bucket: Bucket, meter: Meter, what: str) -> None:
+        super().__init__(f"{meter.kind} {meter.display_name}: {what} limit reached")
+        self.bucket = bucket  # the bucket the refused request was in
+        self.meter = meter  # the bucket or account whose limit refused it
         self.what = what
 
 
 @dataclass(slots=True)
 class Limits:
-    """A bucket's limits; ``None`` means no limit at this level, 0 is a real 0."""
+    """Limits of a bucket or an account; ``None`` means no limit at this level,
+    0 is a real 0."""
 
     max_bytes: int | None = DEFAULT_BUCKET_MAX_BYTES
     max_objects: int | None = None
@@ -41,20 +44,18 @@ class Limits:
     soft_bytes: int | None = None  # None: DEFAULT_SOFT_FRACTION of max_bytes
 
 
-class Bucket:
-    """Usage and limits of one bucket.  ``hard_bytes`` caches max + grace."""
+class Meter:
+    """Usage against limits: what buckets and accounts have in common."""
 
-    __slots__ = (
-        "name", "limits", "used_bytes", "objects", "dirty", "over_soft",
-        "hard_bytes", "soft_limit", "stats",
-    )
+    __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "over_soft",
+                 "hard_bytes", "soft_limit")
+    kind = "meter"
 
-    def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
+    def __init__(self, name: Any, limits: Limits, used_bytes: int = 0, objects: int = 0):
         self.name = name
         self.used_bytes = used_bytes
         self.objects = objects
         self.dirty = True
-        self.stats: Any = None  # this month's counters, owned by stats.StatsBook
         self.set_limits(limits)
         self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
 
@@ -62,7 +63,7 @@ class Bucket:
         self.limits = limits
         self.dirty = True
         if limits.max_bytes is None:
-            self.hard_bytes = None
+            self.hard_bytes: int | None = None
         else:
             self.hard_bytes = limits.max_bytes + limits.grace_bytes
         if limits.soft_bytes is not None:
@@ -74,18 +75,51 @@ class Bucket:
 
     @property
     def display_name(self) -> str:
-        return self.name.decode("utf-8", "backslashreplace")
+        name = self.name
+        return name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else name
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``soft`` (over the soft limit) or ``hard`` (at or over the hard limit)."""
+        if self.hard_bytes is not None and self.used_bytes >= self.hard_bytes:
+            return "hard"
+        if self.limits.max_objects is not None and self.objects >= self.limits.max_objects:
+            return "hard"
+        return "soft" if self.over_soft else "ok"
 
     def __repr__(self) -> str:
-        return f"Bucket({self.name!r}, used={self.used_bytes}, objects={self.objects})"
+        return f"{type(self).__name__}({self.name!r}, used={self.used_bytes}, objects={self.objects})"
+
+
+class Bucket(Meter):
+    __slots__ = ("stats", "account")
+    kind = "bucket"
+
+    def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
+        super().__init__(name, limits, used_bytes, objects)
+        self.stats: Any = None  # this month's counters, owned by stats.StatsBook
+        self.account: Account | None = None
+
+
+class Account(Meter):
+    """A named group of buckets with limits of its own; usage is the buckets' sum."""
+
+    __slots__ = ("buckets",)
+    kind = "account"
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        super().__init__(name, limits)
+        self.buckets: set[bytes] = set()
 
 
 class Ledger:
-    """All buckets of one mount.  ``enforce=False`` tracks but never refuses."""
+    """All buckets and accounts of one mount.  ``enforce=False`` tracks but never refuses."""
 
     def __init__(self, enforce: bool = True) -> None:
         self.enforce = enforce
         self._buckets: dict[bytes, Bucket] = {}
+        self.accounts: dict[str, Account] = {}
+        self.accounts_dirty = False
 
     # -- membership -------------------------------------------------------
     def add(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0) -> Bucket:
@@ -93,22 +127,33 @@ class Ledger:
             raise KeyError(f"bucket {name!r} already tracked")
         bucket = Bucket(name, limits, used_bytes, objects)
         self._buckets[name] = bucket
+        for account in self.accounts.values():  # a known member came back (adopted, loaded)
+            if name in account.buckets:
+                self._join(bucket, account)
         return bucket
 
     def get(self, name: bytes) -> Bucket | None:
         return self._buckets.get(name)
 
     def remove(self, name: bytes) -> Bucket:
-        return self._buckets.pop(name)
+        """A deleted bucket: gone from its account at once."""
+        bucket = self._buckets.pop(name)
+        if bucket.account is not None:
+            self.assign(bucket, None)
+        return bucket
 
     def rename(self, old: bytes, new: bytes) -> None:
-        """A bucket's directory was renamed; its usage and limits travel with it."""
+        """A bucket's directory was renamed; its usage, limits and account travel with it."""
         if new in self._buckets:
             raise KeyError(f"bucket {new!r} already tracked")
         bucket = self._buckets.pop(old)
         bucket.name = new
         bucket.dirty = True
         self._buckets[new] = bucket
+        if bucket.account is not None:
+            bucket.account.buckets.discard(old)
+            bucket.account.buckets.add(new)
+            self.accounts_dirty = True
 
     def exchange(self, a: bytes, b: bytes) -> None:
         """Two bucket directories swapped names (RENAME_EXCHANGE)."""
@@ -116,6 +161,13 @@ class Ledger:
         ba.name, bb.name = b, a
         ba.dirty = bb.dirty = True
         self._buckets[a], self._buckets[b] = bb, ba
+        for bucket, old in ((ba, a), (bb, b)):
+            if bucket.account is not None:
+                bucket.account.buckets.discard(old)
+        for bucket in (ba, bb):
+            if bucket.account is not None:
+                bucket.account.buckets.add(bucket.name)
+        self.accounts_dirty = True
 
     def __iter__(self) -> Iterator[Bucket]:
         return iter(list(self._buckets.values()))
@@ -123,69 +175,127 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    # -- accounts -----------------------------------------------------------
+    def add_account(self, name: str, limits: Limits) -> Account:
+        if name in self.accounts:
+            raise KeyError(f"account {name!r} exists")
+        account = self.accounts[name] = Account(name, limits)
+        self.accounts_dirty = True
+        return account
+
+    def remove_account(self, name: str) -> None:
+        account = self.accounts.pop(name)
+        for bucket_name in list(account.buckets):
+            bucket = self._buckets.get(bucket_name)
+            if bucket is not None:
+                bucket.account = None
+        self.accounts_dirty = True
+
+    def assign(self, bucket: Bucket, account: Account | None) -> None:
+        """Move *bucket* (with its usage) into *account*, or out of any.  An
+        administrator's decision: never refused, even over the account's limit."""
+        old = bucket.account
+        if old is account:
+            return
+        if old is not None:
+            old.buckets.discard(bucket.name)
+            bucket.account = None
+            self._apply(old, -bucket.used_bytes, -bucket.objects)
+        if account is not None:
+            account.buckets.add(bucket.name)
+            self._join(bucket, account)
+        self.accounts_dirty = True
+
+    def _join(self, bucket: Bucket, account: Account) -> None:
+        bucket.account = account
+        self._apply(account, bucket.used_bytes, bucket.objects)
+
     # -- the quota decision -----------------------------------------------
     def charge(self, bucket: Bucket, nbytes: int, nobjects: int = 0) -> None:
-        """Check and apply a change; raise QuotaExceeded (and change nothing) if a
-        growth does not fit.  Shrinking always succeeds."""
+        """Check and apply a change to a bucket and its account; raise
+        QuotaExceeded (and change nothing) if a growth does not fit either.
+        Shrinking always succeeds."""
+        account = bucket.account
         if self.enforce:
-            self._check(bucket, nbytes, nobjects)
+            self._check(bucket, bucket, nbytes, nobjects)
+            if account is not None:
+                self._check(bucket, account, nbytes, nobjects)
         self._apply(bucket, nbytes, nobjects)
+        if account is not None:
+            self._apply(account, nbytes, nobjects)
 
     def refund(self, bucket: Bucket, nbytes: int, nobjects: int = 0) -> None:
         """Undo a charge, or record a shrink; never refuses."""
         self._apply(bucket, -nbytes, -nobjects)
+        if bucket.account is not None:
+            self._apply(bucket.account, -nbytes, -nobjects)
 
     def charge_many(self, changes: Iterable[tuple[Bucket, int, int]]) -> list[tuple[Bucket, int, int]]:
-        """Check every change first, then apply them all (all or nothing).
-
-        Returns the changes merged per bucket, to hand to ``refund_many`` if the
-        I/O they were reserved for fails."""
+        """Check every change (per bucket and per account, netted) first, then
+        apply them all: all or nothing.  Returns the changes merged per bucket,
+        to hand to ``refund_many`` if the I/O they were reserved for fails."""
         merged: dict[int, tuple[Bucket, int, int]] = {}
         for bucket, nbytes, nobjects in changes:
             _, b0, o0 = merged.get(id(bucket), (bucket, 0, 0))
             merged[id(bucket)] = (bucket, b0 + nbytes, o0 + nobjects)
         done = list(merged.values())
         if self.enforce:
+            per_account: dict[int, tuple[Bucket, Account, int, int]] = {}
             for bucket, nbytes, nobjects in done:
-                self._check(bucket, nbytes, nobjects)
+                self._check(bucket, bucket, nbytes, nobjects)
+                if bucket.account is not None:
+                    _, _, b0, o0 = per_account.get(id(bucket.account), (bucket, bucket.account, 0, 0))
+                    per_account[id(bucket.account)] = (bucket, bucket.account, b0 + nbytes, o0 + nobjects)
+            for bucket, account, nbytes, nobjects in per_account.values():
+                self._check(bucket, account, nbytes, nobjects)
         for bucket, nbytes, nobjects in done:
             self._apply(bucket, nbytes, nobjects)
+            if bucket.account is not None:
+                self._apply(bucket.account, nbytes, nobjects)
         return done
 
     def refund_many(self, changes: Iterable[tuple[Bucket, int, int]]) -> None:
         for bucket, nbytes, nobjects in changes:
-            self._apply(bucket, -nbytes, -nobjects)
+            self.refund(bucket, nbytes, nobjects)
+
+    def set_usage(self, bucket: Bucket, used_bytes: int, objects: int) -> None:
+        """Reconcile: replace a bucket's counters with what a scan found."""
+        dbytes, dobjects = used_bytes - bucket.used_bytes, objects - bucket.objects
+        self._apply(bucket, dbytes, dobjects)
+        if bucket.account is not None:
+            self._apply(bucket.account, dbytes, dobjects)
 
     @staticmethod
-    def _check(bucket: Bucket, nbytes: int, nobjects: int) -> None:
+    def _check(bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
         if nbytes > 0:
-            hard = bucket.hard_bytes
-            if hard is not None and bucket.used_bytes + nbytes > hard:
-                raise QuotaExceeded(bucket, "bytes")
+            hard = meter.hard_bytes
+            if hard is not None and meter.used_bytes + nbytes > hard:
+                raise QuotaExceeded(bucket, meter, "bytes")
         if nobjects > 0:
-            limit = bucket.limits.max_objects
-            if limit is not None and bucket.objects + nobjects > limit:
-                raise QuotaExceeded(bucket, "objects")
+            limit = meter.limits.max_objects
+            if limit is not None and meter.objects + nobjects > limit:
+                raise QuotaExceeded(bucket, meter, "objects")
 
-    def _apply(self, bucket: Bucket, nbytes: int, nobjects: int) -> None:
-        used = bucket.used_bytes + nbytes
+    def _apply(self, meter: Meter, nbytes: int, nobjects: int) -> None:
+        used = meter.used_bytes + nbytes
         if used < 0:
             # Only possible after changes made behind the mount's back; reconcile
             # repairs it.  Never let the ledger go negative.
-            log.warning("bucket %s: usage would drop below zero; clamped", bucket.display_name)
+            log.warning("%s %s: usage would drop below zero; clamped", meter.kind, meter.display_name)
             used = 0
-        bucket.used_bytes = used
-        objects = bucket.objects + nobjects
-        bucket.objects = objects if objects > 0 else 0
-        bucket.dirty = True
-        soft = bucket.soft_limit
-        if soft is not None and (used > soft) != bucket.over_soft:
-            self._soft_crossed(bucket)
+        meter.used_bytes = used
+        objects = meter.objects + nobjects
+        meter.objects = objects if objects > 0 else 0
+        meter.dirty = True
+        soft = meter.soft_limit
+        if soft is not None and (used > soft) != meter.over_soft:
+            self._soft_crossed(meter)
 
-    def _soft_crossed(self, bucket: Bucket) -> None:
-        bucket.over_soft = not bucket.over_soft
-        if bucket.over_soft:
-            log.warning("bucket %s is over its soft limit: %d of %s bytes",
-                        bucket.display_name, bucket.used_bytes, bucket.soft_limit)
+    @staticmethod
+    def _soft_crossed(meter: Meter) -> None:
+        meter.over_soft = not meter.over_soft
+        if meter.over_soft:
+            log.warning("%s %s is over its soft limit: %d of %s bytes",
+                        meter.kind, meter.display_name, meter.used_bytes, meter.soft_limit)
         else:
-            log.info("bucket %s is back under its soft limit", bucket.display_name)
+            log.info("%s %s is back under its soft limit", meter.kind, meter.display_name)

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 import pyfuse3
 import trio
 
-from .catalog import load_buckets
+from .catalog import load_account_file, load_buckets
 from .config import Config, is_fuse_mount
 from .fs import IronFS
 from .ledger import Ledger
@@ -76,6 +76,7 @@ def run(cfg: Config) -> None:
         ledger = Ledger(enforce=cfg.enforce)
         book = StatsBook()
         load_buckets(cfg, ledger, book, trust_usage=clean and not cfg.force_rescan)
+        load_account_file(cfg, ledger)
         store = StateStore(cfg.backing, ledger, book)
         ops = IronFS(cfg, ledger, store)
         pyfuse3.init(ops, os.fsdecode(cfg.mountpoint), fuse_options(cfg))

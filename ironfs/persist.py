@@ -14,7 +14,15 @@ import time
 from dataclasses import dataclass
 
 from .ledger import Bucket, Ledger
-from .state import quota_json, save_quota, save_stats, stats_json, utc_now
+from .state import (
+    accounts_json,
+    quota_json,
+    save_accounts,
+    save_quota,
+    save_stats,
+    stats_json,
+    utc_now,
+)
 from .stats import MonthCounters, StatsBook
 
 log = logging.getLogger(__name__)
@@ -22,13 +30,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Item:
-    bucket: Bucket
+    bucket: Bucket | None  # None: the accounts file
     name: bytes  # the bucket's name when the snapshot was taken
     payload: bytes
     counters: MonthCounters | None = None  # None: the .quota file
 
     def write(self, root: bytes) -> None:
-        if self.counters is None:
+        if self.bucket is None:
+            save_accounts(root, self.payload)
+        elif self.counters is None:
             save_quota(root, self.name, self.payload)
         else:
             save_stats(root, self.name, self.counters.month, self.payload)
@@ -58,6 +68,9 @@ class StateStore:
         for bucket, counters in self.book.take_closed():
             if self.ledger.get(bucket.name) is bucket:
                 items.append(Item(bucket, bucket.name, stats_json(counters.as_dict(), now), counters))
+        if self.ledger.accounts_dirty:
+            self.ledger.accounts_dirty = False
+            items.append(Item(None, b".ironfs/accounts.json", accounts_json(self.ledger, now)))
         return items
 
     def write(self, items: list[Item]) -> list[Item]:
@@ -85,6 +98,9 @@ class StateStore:
         """Retry failed items next tick, unless their bucket is gone (trio thread)."""
         for item in failed:
             bucket = item.bucket
+            if bucket is None:
+                self.ledger.accounts_dirty = True
+                continue
             if self.ledger.get(bucket.name) is not bucket:
                 continue
             if item.counters is None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from .ledger import Bucket, Limits
+from .ledger import Bucket, Ledger, Limits
 from .rules import QUOTA_FILE, ROOT_STATE_DIR, STATE_PREFIX, STATS_DIR
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,91 @@ def save_stats(root: bytes, bucket_name: bytes, month: str, payload: bytes) -> N
     except FileExistsError:
         pass
     atomic_write(stats_dir, stats_name(month), payload)
+
+
+# -- .ironfs/accounts.json ------------------------------------------------------
+
+ACCOUNTS_FILE = b"accounts.json"
+_HEX = "hex:"
+
+
+def name_to_json(name: bytes) -> str:
+    """Bucket names are bytes; JSON wants text.  Non-UTF-8 names travel as hex."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return _HEX + name.hex()
+    return _HEX + name.hex() if text.startswith(_HEX) else text
+
+
+def name_from_json(text: str) -> bytes:
+    if text.startswith(_HEX):
+        try:
+            return bytes.fromhex(text[len(_HEX):])
+        except ValueError:
+            raise CorruptState(f"bad bucket name {text!r}") from None
+    return text.encode("utf-8")
+
+
+@dataclass(slots=True)
+class AccountRecord:
+    name: str
+    limits: Limits
+    buckets: list[bytes]
+
+
+def limits_doc(limits: Limits) -> dict:
+    return {"max_bytes": limits.max_bytes, "max_objects": limits.max_objects,
+            "grace_bytes": limits.grace_bytes, "soft_bytes": limits.soft_bytes}
+
+
+def accounts_json(ledger: Ledger, now: datetime) -> bytes:
+    accounts = {
+        name: {**limits_doc(a.limits), "buckets": sorted(name_to_json(b) for b in a.buckets)}
+        for name, a in sorted(ledger.accounts.items())
+    }
+    return orjson.dumps({"format": QUOTA_FORMAT, "last_updated": iso(now), "accounts": accounts},
+                        option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def parse_accounts(data: bytes) -> list[AccountRecord]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise CorruptState(f"not JSON: {e}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("accounts"), dict):
+        raise CorruptState("no 'accounts' object")
+    records = []
+    for name, entry in doc["accounts"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("buckets", []), list):
+            raise CorruptState(f"account {name!r} is not an object with a bucket list")
+        limits = Limits(
+            max_bytes=_field(entry, "max_bytes", nullable=True),
+            max_objects=_field(entry, "max_objects", nullable=True, default=None),
+            grace_bytes=_field(entry, "grace_bytes", nullable=False, default=0) or 0,
+            soft_bytes=_field(entry, "soft_bytes", nullable=True, default=None),
+        )
+        buckets = entry.get("buckets", [])
+        if not all(isinstance(b, str) for b in buckets):
+            raise CorruptState(f"account {name!r}: bucket names must be strings")
+        records.append(AccountRecord(name, limits, [name_from_json(b) for b in buckets]))
+    return records
+
+
+def load_accounts(root: bytes) -> list[AccountRecord]:
+    """The accounts file; [] if there is none.  Raises CorruptState."""
+    try:
+        with open(os.path.join(state_dir(root), ACCOUNTS_FILE), "rb") as f:
+            data = f.read(16 << 20)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise CorruptState(f"unreadable: {e.strerror}") from None
+    return parse_accounts(data)
+
+
+def save_accounts(root: bytes, payload: bytes) -> None:
+    atomic_write(state_dir(root), ACCOUNTS_FILE, payload)
 
 
 # -- mount-wide state -----------------------------------------------------------
