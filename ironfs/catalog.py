@@ -38,13 +38,16 @@ def bucket_names(root: bytes) -> list[bytes]:
                       if is_bucket_name(e.name) and e.is_dir(follow_symlinks=False))
 
 
-def read_record(root: bytes, name: bytes) -> QuotaRecord | None:
+def read_record(root: bytes, name: bytes, set_aside_corrupt: bool = True) -> QuotaRecord | None:
     """The bucket's ``.quota``, or None when missing or corrupt (set aside, logged)."""
     bucket_dir = os.path.join(root, name)
     try:
         return load_quota(bucket_dir)
     except CorruptState as e:
         shown = os.fsdecode(name)
+        if not set_aside_corrupt:
+            log.warning("bucket %s: .quota is corrupt (%s)", shown, e)
+            return None
         try:
             kept = set_aside(bucket_dir, b".quota", utc_now())
             log.error("bucket %s: .quota is corrupt (%s); kept as %s, rebuilding by scan",
@@ -55,13 +58,15 @@ def read_record(root: bytes, name: bytes) -> QuotaRecord | None:
         return None
 
 
-def attach_stats(root: bytes, book: StatsBook, bucket: Bucket) -> None:
+def attach_stats(root: bytes, book: StatsBook, bucket: Bucket, set_aside_corrupt: bool = True) -> None:
     """Continue this month's counters from ``.stats/`` (a corrupt file is set aside)."""
     counters = book.attach(bucket)
     stats_dir = os.path.join(root, bucket.name, b".stats")
     try:
         values = load_stats(os.path.join(root, bucket.name), counters.month, COUNTERS)
     except CorruptState as e:
+        if not set_aside_corrupt:
+            return
         name = stats_name(counters.month)
         kept = name + b".corrupt-" + utc_now().strftime("%Y%m%dT%H%M%SZ").encode()
         try:

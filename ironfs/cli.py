@@ -1,5 +1,6 @@
 """The ``ironfs`` command: ``ironfs [mount] BACKING MOUNTPOINT [-o opt[,opt…]]``,
-and ``ironfs stats BUCKET_DIR`` (see report.py).
+``ironfs stats BUCKET_DIR`` (report.py) and ``ironfs quota|account|report|reconcile``
+(admin.py).
 
 Exit status: 0 clean stop, 1 could not start (bad option, unsuitable
 directories, backing root already served), 2 bad command line, 3 crashed
@@ -19,6 +20,7 @@ from .state import AlreadyMounted
 log = logging.getLogger("ironfs")
 
 EXIT_OK, EXIT_START, EXIT_USAGE, EXIT_CRASH = 0, 1, 2, 3
+ADMIN_COMMANDS = ("quota", "account", "report", "reconcile")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import stats_main
 
         return stats_main(argv[1:])
+    if argv[:1] and argv[0] in ADMIN_COMMANDS:
+        from .admin import admin_main
+
+        return admin_main(argv)
     if argv[:1] == ["mount"]:  # explicit form, for a backing directory named "stats"
         argv = argv[1:]
     args = _parser().parse_args(argv)

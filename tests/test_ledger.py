@@ -118,3 +118,75 @@ def test_usage_never_goes_negative() -> None:
     ledger, b = make(100)
     ledger.refund(b, 10, 1)  # only possible after out-of-band changes
     assert (b.used_bytes, b.objects) == (0, 0)
+
+
+def test_account_limit_applies_across_its_buckets() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(max_bytes=2 * 1024))
+    b = ledger.add(b"b", Limits(max_bytes=2 * 1024))
+    acct = ledger.add_account("acme", Limits(max_bytes=3 * 1024))
+    ledger.assign(a, acct)
+    ledger.assign(b, acct)
+    ledger.charge(a, 2048)
+    ledger.charge(b, 1024)
+    for bucket in (a, b):
+        with pytest.raises(QuotaExceeded) as info:
+            ledger.charge(bucket, 1)
+        assert info.value.bucket is bucket
+    assert info.value.meter is acct  # b has room of its own: the account refused
+    assert (acct.used_bytes, a.used_bytes, b.used_bytes) == (3072, 2048, 1024)
+
+
+def test_bucket_limit_applies_inside_a_roomy_account() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(max_bytes=100))
+    acct = ledger.add_account("acme", Limits(max_bytes=None))
+    ledger.assign(a, acct)
+    with pytest.raises(QuotaExceeded) as info:
+        ledger.charge(a, 101)
+    assert info.value.meter is a and acct.used_bytes == 0
+
+
+def test_moves_within_an_account_are_netted() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(max_bytes=None))
+    b = ledger.add(b"b", Limits(max_bytes=None))
+    acct = ledger.add_account("acme", Limits(max_bytes=100))
+    ledger.assign(a, acct)
+    ledger.assign(b, acct)
+    ledger.charge(a, 100)
+    ledger.charge_many([(a, -100, -1), (b, 100, 1)])  # full account, but a move fits
+    assert (a.used_bytes, b.used_bytes, acct.used_bytes) == (0, 100, 100)
+
+
+def test_membership_changes_move_usage_at_once() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(), used_bytes=70, objects=2)
+    one = ledger.add_account("one", Limits(max_bytes=10))
+    two = ledger.add_account("two", Limits())
+    ledger.assign(a, one)  # an administrator may put a bucket over an account's limit
+    assert (one.used_bytes, one.objects, one.state) == (70, 2, "hard")
+    ledger.assign(a, two)
+    assert (one.used_bytes, two.used_bytes) == (0, 70)
+    ledger.rename(b"a", b"a2")
+    assert two.buckets == {b"a2"}
+    ledger.remove(b"a2")  # the bucket was deleted
+    assert (two.used_bytes, two.objects, two.buckets) == (0, 0, set())
+
+
+def test_removing_an_account_frees_its_buckets() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(max_bytes=None))
+    ledger.assign(a, ledger.add_account("acme", Limits(max_bytes=1)))
+    ledger.remove_account("acme")
+    assert a.account is None
+    ledger.charge(a, 1000)
+
+
+def test_set_usage_moves_the_account_too() -> None:
+    ledger = Ledger()
+    a = ledger.add(b"a", Limits(), used_bytes=10)
+    acct = ledger.add_account("acme", Limits())
+    ledger.assign(a, acct)
+    ledger.set_usage(a, 25, 3)
+    assert (a.used_bytes, a.objects, acct.used_bytes, acct.objects) == (25, 3, 25, 3)
