@@ -15,6 +15,7 @@ import sys
 
 from . import __version__
 from .config import ConfigError, build_config, check_paths
+from .logs import setup_logging
 from .state import AlreadyMounted
 
 log = logging.getLogger("ironfs")
@@ -37,11 +38,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stats"]:
@@ -55,18 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["mount"]:  # explicit form, for a backing directory named "stats"
         argv = argv[1:]
     args = _parser().parse_args(argv)
-    setup_logging(args.log_level)
     try:
         cfg = build_config(args.backing, args.mountpoint, args.options)
         check_paths(cfg)
+        setup_logging(args.log_level, cfg.log_file)
     except ConfigError as e:
         print(f"ironfs: {e}", file=sys.stderr)
+        return EXIT_START
+    except OSError as e:
+        print(f"ironfs: log_file {cfg.log_file}: {e.strerror}", file=sys.stderr)
         return EXIT_START
     from .mount import run  # pyfuse3 is imported only when mounting
 
     try:
         run(cfg)
-    except AlreadyMounted as e:
+    except (AlreadyMounted, ConfigError) as e:
         print(f"ironfs: {e}", file=sys.stderr)
         return EXIT_START
     except KeyboardInterrupt:

@@ -40,6 +40,9 @@ class Config:
     force_rescan: bool = False
     scan_workers: int = 4
     kernel_options: set[str] = field(default_factory=set)
+    metrics_address: str | None = None
+    metrics_file: str | None = None
+    log_file: str | None = None
 
 
 def _int(name: str, text: str, minimum: int = 0) -> int:
@@ -129,6 +132,16 @@ def _apply_option(cfg: Config, key: str, val: str | None) -> None:
         cfg.profile = PROFILES[name]
     elif key == "admin_uid":
         cfg.admin_uid = _int(key, _need(key, val))
+    elif key == "metrics":
+        address = _need(key, val)
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"metrics: expected HOST:PORT, e.g. 127.0.0.1:9410, not {address!r}")
+        cfg.metrics_address = address
+    elif key == "log_file":
+        cfg.log_file = _need(key, val)
+    elif key == "metrics_file":
+        cfg.metrics_file = _need(key, val)
     elif key == "scan_workers":
         cfg.scan_workers = _int(key, _need(key, val), 1)
     elif key in KERNEL_OPTIONS:

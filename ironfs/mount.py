@@ -17,9 +17,11 @@ import pyfuse3
 import trio
 
 from .catalog import load_account_file, load_buckets
-from .config import Config, is_fuse_mount
+from .config import Config, ConfigError, is_fuse_mount
 from .fs import IronFS
 from .ledger import Ledger
+from .metrics import LedgerCollector, Metrics
+from .notify import notify
 from .persist import StateStore
 from .state import MountLock, take_clean_marker, utc_now, write_clean_marker
 from .stats import StatsBook
@@ -33,7 +35,7 @@ def fuse_options(cfg: Config) -> set[str]:
             *cfg.kernel_options}
 
 
-async def _flusher(ops: IronFS, store: StateStore, interval: float) -> None:
+async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: float) -> None:
     """Write dirty state every *interval* seconds; a failure is retried next tick."""
     while True:
         await trio.sleep(interval)
@@ -42,20 +44,31 @@ async def _flusher(ops: IronFS, store: StateStore, interval: float) -> None:
         if items:
             failed = await trio.to_thread.run_sync(store.write, items)
             store.redirty(failed)
+        if metrics.path is not None:
+            await trio.to_thread.run_sync(metrics.write_file)
 
 
 async def _stop_on_signal() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s received: unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1")
             pyfuse3.terminate()
             return
 
 
-async def _serve(cfg: Config, ops: IronFS, store: StateStore) -> None:
+async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
+    """Tell systemd we are ready once the mount answers a request."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    log.info("mount is answering")
+    notify(f"READY=1\nSTATUS=serving {len(ledger)} buckets")
+
+
+async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_flusher, ops, store, cfg.flush_interval)
+        nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval)
         nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -79,21 +92,29 @@ def run(cfg: Config) -> None:
         load_account_file(cfg, ledger)
         store = StateStore(cfg.backing, ledger, book)
         ops = IronFS(cfg, ledger, store)
+        try:
+            metrics = Metrics(LedgerCollector(ledger, store, ops.control),
+                              cfg.metrics_address, cfg.metrics_file)
+        except OSError as e:
+            raise ConfigError(f"metrics: cannot listen on {cfg.metrics_address}: {e.strerror}") from None
+        stack.callback(metrics.close)
         pyfuse3.init(ops, os.fsdecode(cfg.mountpoint), fuse_options(cfg))
         log.info("serving %s at %s (%d buckets, quota %s)", os.fsdecode(cfg.backing),
                  os.fsdecode(cfg.mountpoint), len(ledger), "on" if cfg.enforce else "off")
         stopped_cleanly = False
         try:
-            trio.run(_serve, cfg, ops, store)
+            trio.run(_serve, cfg, ops, store, metrics)
             stopped_cleanly = True
         finally:
             # Unmount only on a clean stop: a crashed daemon must leave the mount
             # dead, so nothing can write to the bare directory behind the quota.
             pyfuse3.close(unmount=stopped_cleanly and is_fuse_mount(cfg.mountpoint))
+        notify("STOPPING=1")
         ops.release_all()
         ops.commit_heads(everything=True)
         if not store.flush_now():
             log.error("final flush failed: the next start will rescan")
             return
+        metrics.write_file()
         write_clean_marker(cfg.backing, utc_now())
         log.info("unmounted cleanly")

@@ -51,6 +51,7 @@ class StateStore:
         self.book = book
         self.lock = threading.Lock()
         self.last_flush_seconds = 0.0
+        self.last_flush_at = 0.0  # wall clock, for the metrics
         self._failing: set[bytes] = set()
 
     def snapshot(self) -> list[Item]:
@@ -92,6 +93,7 @@ class StateStore:
                         self._failing.discard(item.name)
                         log.info("flush of bucket %s works again", os.fsdecode(item.name))
         self.last_flush_seconds = time.monotonic() - started
+        self.last_flush_at = time.time()
         return failed
 
     def redirty(self, failed: list[Item]) -> None:

@@ -48,4 +48,5 @@ def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[B
         "drift": drift,
         "fixed": fix and drift,
         "seconds": round(time.monotonic() - started, 3),
+        "at": time.time(),
     }

@@ -1,0 +1,135 @@
+"""Prometheus metrics, read from the live ledger at scrape time (nothing is
+counted twice, nothing is done on the request path).
+
+Served on ``-o metrics=HOST:PORT`` (``/metrics``) and/or written atomically to a
+node_exporter textfile (``-o metrics_file=PATH``) after every flush.  Reading
+from the scrape thread is safe: each value read is one the daemon wrote, and
+the bucket list is copied in one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .ledger import Ledger, Meter
+from .persist import StateStore
+from .state import name_to_json
+from .stats import COUNTERS
+
+log = logging.getLogger(__name__)
+
+OPERATIONS = [(i, c[:-len("_count")]) for i, c in enumerate(COUNTERS) if c.endswith("_count")]
+STATES = ("ok", "soft", "hard")
+
+
+class LedgerCollector(Collector):
+    def __init__(self, ledger: Ledger, store: StateStore, reconcile: object) -> None:
+        self.ledger = ledger
+        self.store = store
+        self.reconcile = reconcile  # the Control, for its last report
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        buckets = list(self.ledger)
+        yield from self._meters("bucket", [(name_to_json(b.name), b) for b in buckets])
+        yield from self._meters("account", list(self.ledger.accounts.items()))
+        yield from self._operations(buckets)
+        yield from self._housekeeping()
+
+    def _meters(self, kind: str, meters: list[tuple[str, Meter]]) -> Iterator[GaugeMetricFamily]:
+        helps = {
+            "used_bytes": f"Bytes charged to the {kind}",
+            "objects": f"Objects in the {kind}",
+            "max_bytes": "Hard limit (absent: none)",
+            "grace_bytes": "Bytes allowed past max_bytes",
+            "soft_bytes": "Soft limit (absent: none)",
+            "max_objects": "Object limit (absent: none)",
+        }
+        families = {key: GaugeMetricFamily(f"ironfs_{kind}_{key}", text, labels=[kind])
+                    for key, text in helps.items()}
+        state = GaugeMetricFamily(f"ironfs_{kind}_state", "1 for the current state: ok, soft, hard",
+                                  labels=[kind, "state"])
+        for name, m in meters:
+            families["used_bytes"].add_metric([name], m.used_bytes)
+            families["objects"].add_metric([name], m.objects)
+            families["grace_bytes"].add_metric([name], m.limits.grace_bytes)
+            for key, value in (("max_bytes", m.limits.max_bytes), ("soft_bytes", m.soft_limit),
+                               ("max_objects", m.limits.max_objects)):
+                if value is not None:
+                    families[key].add_metric([name], value)
+            current = m.state
+            for s in STATES:
+                state.add_metric([name, s], 1 if s == current else 0)
+        yield from families.values()
+        yield state
+
+    def _operations(self, buckets: list) -> Iterator[CounterMetricFamily]:
+        ops = CounterMetricFamily("ironfs_bucket_operations", "Operations this month (resets monthly)",
+                                  labels=["bucket", "op"])
+        extra = {c: CounterMetricFamily(f"ironfs_bucket_{c}", f"{c.replace('_', ' ')} this month",
+                                        labels=["bucket"])
+                 for c in ("bytes_written", "bytes_read", "quota_rejections")}
+        for b in buckets:
+            counters = b.stats
+            if counters is None:
+                continue
+            name = name_to_json(b.name)
+            values = list(counters.values)
+            for i, op in OPERATIONS:
+                ops.add_metric([name, op], values[i])
+            for c, family in extra.items():
+                family.add_metric([name], values[COUNTERS.index(c)])
+        yield ops
+        yield from extra.values()
+
+    def _housekeeping(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("ironfs_flush_duration_seconds", "Duration of the last flush",
+                                value=self.store.last_flush_seconds)
+        yield GaugeMetricFamily("ironfs_last_flush_timestamp_seconds", "When the last flush ended",
+                                value=self.store.last_flush_at)
+        report = getattr(self.reconcile, "last_reconcile", None)
+        if report is not None:
+            drift_b = GaugeMetricFamily("ironfs_reconcile_drift_bytes", "Drift found by the last reconcile",
+                                        labels=["bucket"])
+            drift_o = GaugeMetricFamily("ironfs_reconcile_drift_objects", "Drift found by the last reconcile",
+                                        labels=["bucket"])
+            for row in report["buckets"]:
+                drift_b.add_metric([row["bucket"]], row["drift_bytes"])
+                drift_o.add_metric([row["bucket"]], row["drift_objects"])
+            yield drift_b
+            yield drift_o
+            yield GaugeMetricFamily("ironfs_last_reconcile_timestamp_seconds", "When the last reconcile ran",
+                                    value=report.get("at", 0))
+
+
+class Metrics:
+    def __init__(self, collector: LedgerCollector, address: str | None, path: str | None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.path = path
+        self.server = None
+        if address is not None:
+            host, _, port = address.rpartition(":")
+            self.server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
+                                                     registry=self.registry)
+            log.info("metrics at http://%s/metrics", address)
+
+    def write_file(self) -> None:
+        """Write the textfile (any thread); a failure is logged, never raised."""
+        if self.path is None:
+            return
+        try:
+            write_to_textfile(self.path, self.registry)
+            os.chmod(self.path, 0o644)  # the daemon runs with umask 0
+        except OSError as e:
+            log.warning("could not write metrics to %s: %s", self.path, e.strerror)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
