@@ -7,7 +7,9 @@ OPTIONS    ?=
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config attr gcc python3-dev python3-venv systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps lint clean
+PREFIX     ?= /opt/ironfs
+
+.PHONY: run test deps lint clean install
 
 ## Install everything and mount BACKING at MOUNTPOINT in the foreground.
 run: deps $(VENV)/.installed
@@ -35,6 +37,19 @@ $(VENV)/.installed: pyproject.toml $(VENV)/bin/python
 $(VENV)/.installed-test: pyproject.toml $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(VENV)/.installed $@
+
+## For operators: ironfs in its own virtualenv under PREFIX, the commands on PATH,
+## the mount(8) helper, and the systemd units (not enabled).
+install: deps
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q --upgrade pip
+	$(PREFIX)/bin/pip install -q .
+	ln -sf $(PREFIX)/bin/ironfs /usr/local/bin/ironfs
+	ln -sf $(PREFIX)/bin/mount.fuse.ironfs /sbin/mount.fuse.ironfs
+	install -m 0644 systemd/ironfs@.service systemd/ironfs-reconcile@.service \
+	    systemd/ironfs-reconcile@.timer /etc/systemd/system/
+	mkdir -p /etc/ironfs
+	[ -d /run/systemd/system ] && systemctl daemon-reload || true
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check ironfs tests

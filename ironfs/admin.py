@@ -127,6 +127,7 @@ class Offline:
             raise AdminError(f"accounts.json is corrupt: {e}") from None
         self.ledger.accounts_dirty = False
         self.control = Control(cfg, self.ledger, self.book, dict)
+        self.control.show_progress = True
         self.store = StateStore(root, self.ledger, self.book)
 
     def _call(self, fn: Any, *args: Any) -> Any:

@@ -20,6 +20,7 @@ import orjson
 from .config import Config
 from .ledger import Account, Bucket, Ledger, Limits
 from .reconcile import reconcile
+from .scanner import Progress
 from .state import limits_doc, load_stats, name_from_json, name_to_json
 from .stats import COUNTERS, StatsBook
 from .units import parse_count, parse_limit, parse_size
@@ -77,6 +78,7 @@ class Control:
         self.book = book
         self.pending = pending  # bytes of unlinked-but-open files, per bucket id
         self.last_reconcile: dict | None = None
+        self.show_progress = False  # the offline command shows one; the daemon logs
 
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
@@ -222,7 +224,8 @@ class Control:
         else:
             buckets = list(self.ledger)
         report = reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
-                           fix=mode == "fix", pending=self.pending())
+                           fix=mode == "fix", pending=self.pending(),
+                           progress=Progress(len(buckets)) if self.show_progress else None)
         self.last_reconcile = report
         for row in report["buckets"]:
             if row["drift_bytes"] or row["drift_objects"]:

@@ -10,12 +10,13 @@ from collections.abc import Iterable, Mapping
 
 from .ledger import Bucket, Ledger
 from .rules import Profile
-from .scanner import scan_tree
+from .scanner import Progress, scan_tree
 from .state import name_to_json
 
 
 def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[Bucket], *,
-              fix: bool, pending: Mapping[int, int] | None = None) -> dict:
+              fix: bool, pending: Mapping[int, int] | None = None,
+              progress: Progress | None = None) -> dict:
     """Scan *buckets* and compare.  *pending*: bytes still charged per bucket (by
     ``id``) for files unlinked while open, which a scan cannot see."""
     started = time.monotonic()
@@ -23,7 +24,9 @@ def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[B
     rows = []
     account_drift: dict[str, list[int]] = {}
     for bucket in buckets:
-        usage = scan_tree(os.path.join(root, bucket.name), profile)
+        usage = scan_tree(os.path.join(root, bucket.name), profile, progress=progress)
+        if progress is not None:
+            progress.bucket_done()
         scan_bytes = usage.used_bytes + pending.get(id(bucket), 0)
         drift_bytes = scan_bytes - bucket.used_bytes
         drift_objects = usage.objects - bucket.objects
@@ -40,6 +43,8 @@ def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[B
             acc[1] += drift_objects
         if fix and (drift_bytes or drift_objects):
             ledger.set_usage(bucket, scan_bytes, usage.objects)
+    if progress is not None:
+        progress.finish()
     drift = any(r["drift_bytes"] or r["drift_objects"] for r in rows)
     return {
         "buckets": rows,
