@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from .report import stats_main
 
         return stats_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from .bench import bench_main
+
+        return bench_main(argv[1:])
     if argv[:1] and argv[0] in ADMIN_COMMANDS:
         from .admin import admin_main
 

