@@ -32,7 +32,7 @@ from .config import is_fuse_mount
 from .ledger import Ledger, Limits
 from .persist import StateStore
 from .rules import PROFILES
-from .scanner import scan_tree
+from .scanner import scan_buckets
 from .stats import GET, StatsBook
 
 MiB = 1 << 20
@@ -195,7 +195,8 @@ def micro(scratch: Path, sizes: Sizes) -> dict[str, float]:
         os.close(os.open(scan_dir / f"p{i % 100:02d}" / f"o{i}", os.O_WRONLY | os.O_CREAT, 0o644))
     drop_caches()
     started = time.perf_counter()
-    usage = scan_tree(os.fsencode(scan_dir), PROFILES["generic"])
+    usage = scan_buckets(os.fsencode(scratch), [b"scan"], PROFILES["generic"],
+                         workers=os.cpu_count() or 2, show_progress=False)[b"scan"]
     scan_seconds = time.perf_counter() - started
     assert usage.objects == sizes.scan_objects
     return {
@@ -211,10 +212,11 @@ def micro(scratch: Path, sizes: Sizes) -> dict[str, float]:
 def bucket_memory(count: int = 20_000) -> float:
     ledger, book = Ledger(), StatsBook()
     names = [f"bucket-{i:06d}".encode() for i in range(count)]
+    defaults = Limits()  # shared, as catalog.default_limits shares it
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for name in names:
-        book.attach(ledger.add(name, Limits()))
+        book.attach(ledger.add(name, defaults))
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     return (after - before) / count
@@ -316,7 +318,8 @@ def table(report: dict) -> str:
     for w in report["workloads"]:
         rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths, strict=True)))
            for r in rows]
     out.append("")
     for name, value in report["micro"].items():

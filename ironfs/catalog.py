@@ -3,6 +3,7 @@ trusting ``.quota`` after a clean shutdown, rescanning otherwise."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -28,7 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def default_limits(cfg: Config) -> Limits:
-    return Limits(max_bytes=cfg.bucket_max_bytes)
+    return _shared_limits(cfg.bucket_max_bytes)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_limits(max_bytes: int | None) -> Limits:
+    # Limits are immutable: every bucket on the defaults shares one instance.
+    return Limits(max_bytes=max_bytes)
 
 
 def bucket_names(root: bytes) -> list[bytes]:

@@ -38,7 +38,7 @@ class Config:
     profile: Profile = PROFILES["generic"]
     admin_uid: int | None = None
     force_rescan: bool = False
-    scan_workers: int = 4
+    scan_workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     kernel_options: set[str] = field(default_factory=set)
     metrics_address: str | None = None
     metrics_file: str | None = None

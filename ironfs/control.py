@@ -20,7 +20,6 @@ import orjson
 from .config import Config
 from .ledger import Account, Bucket, Ledger, Limits
 from .reconcile import reconcile
-from .scanner import Progress
 from .state import limits_doc, load_stats, name_from_json, name_to_json
 from .stats import COUNTERS, StatsBook
 from .units import parse_count, parse_limit, parse_size
@@ -225,7 +224,7 @@ class Control:
             buckets = list(self.ledger)
         report = reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
                            fix=mode == "fix", pending=self.pending(),
-                           progress=Progress(len(buckets)) if self.show_progress else None)
+                           show_progress=self.show_progress, workers=self.cfg.scan_workers)
         self.last_reconcile = report
         for row in report["buckets"]:
             if row["drift_bytes"] or row["drift_objects"]:

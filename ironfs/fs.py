@@ -64,6 +64,8 @@ HEAD_WAIT = 0.5
 #: …or the object was opened, closed or published this recently (a server's own
 #: check around a GET or PUT).
 QUIET_AFTER_USE = 1.0
+#: Reads at least this large run in a worker thread.
+THREAD_IO_BYTES = 256 * 1024
 
 Change = tuple[Bucket, int, int]
 
@@ -694,10 +696,16 @@ class IronFS(pyfuse3.Operations):
         fd = self._open(node, flags)
         return FileInfo(fh=fd), self._entry(node, os.fstat(fd))
 
-    @handler
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
-        data = os.pread(handle.fd, size, off)
+        try:
+            if size >= THREAD_IO_BYTES:
+                # Large reads (readahead) in a worker thread: two can overlap on two cores.
+                data = await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
+            else:
+                data = os.pread(handle.fd, size, off)
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from None
         if handle.node.bucket is not None:
             self.book.add(handle.node.bucket, BYTES_READ, len(data))
         return data
@@ -888,6 +896,10 @@ class IronFS(pyfuse3.Operations):
     # -- extended attributes ------------------------------------------------------------
     @handler
     def getxattr(self, ino: int, name: bytes, ctx: Any) -> bytes:
+        if name == b"security.capability":
+            # The kernel asks before every write (to drop privileges); objects
+            # carry no file capabilities, and answering costs no syscall.
+            raise FUSEError(pyfuse3.ENOATTR)
         node = self._node(ino)
         if name.startswith(_XATTR_PREFIX):
             field = name[len(_XATTR_PREFIX):].decode("utf-8", "replace")

@@ -33,7 +33,7 @@ class QuotaExceeded(Exception):
         self.what = what
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Limits of a bucket or an account; ``None`` means no limit at this level,
     0 is a real 0."""

@@ -4,29 +4,29 @@ by ``ironfs reconcile`` on an unmounted backing root (offline)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 
 from .ledger import Bucket, Ledger
 from .rules import Profile
-from .scanner import Progress, scan_tree
+from .scanner import scan_buckets
 from .state import name_to_json
 
 
 def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[Bucket], *,
               fix: bool, pending: Mapping[int, int] | None = None,
-              progress: Progress | None = None) -> dict:
+              show_progress: bool = False, workers: int = 1) -> dict:
     """Scan *buckets* and compare.  *pending*: bytes still charged per bucket (by
     ``id``) for files unlinked while open, which a scan cannot see."""
     started = time.monotonic()
     pending = pending or {}
     rows = []
     account_drift: dict[str, list[int]] = {}
+    buckets = list(buckets)
+    usages = scan_buckets(root, [b.name for b in buckets], profile, workers=workers,
+                          show_progress=show_progress)
     for bucket in buckets:
-        usage = scan_tree(os.path.join(root, bucket.name), profile, progress=progress)
-        if progress is not None:
-            progress.bucket_done()
+        usage = usages[bucket.name]
         scan_bytes = usage.used_bytes + pending.get(id(bucket), 0)
         drift_bytes = scan_bytes - bucket.used_bytes
         drift_objects = usage.objects - bucket.objects
@@ -43,8 +43,6 @@ def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[B
             acc[1] += drift_objects
         if fix and (drift_bytes or drift_objects):
             ledger.set_usage(bucket, scan_bytes, usage.objects)
-    if progress is not None:
-        progress.finish()
     drift = any(r["drift_bytes"] or r["drift_objects"] for r in rows)
     return {
         "buckets": rows,

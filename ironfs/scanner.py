@@ -7,12 +7,13 @@ compare them after random operation sequences.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from .rules import Profile, hides, is_bucket_state
@@ -68,72 +69,137 @@ class Progress:
             self._stream.flush()
 
 
-def scan_tree(top: bytes, profile: Profile, *, bucket_top: bool = True,
-              hidden: bool = False, progress: Progress | None = None) -> Usage:
-    """Usage of the tree under *top*.
+@dataclass(slots=True)
+class _DirResult:
+    used_bytes: int = 0
+    objects: int = 0
+    files: int = 0
+    linked: list[tuple[tuple[int, int], int]] | None = None  # (inode key, size) when nlink > 1
+    subdirs: list[tuple[bytes, bool]] | None = None
+
+
+def _scan_dir(path: bytes, dir_hidden: bool, is_bucket_top: bool, profile: Profile) -> _DirResult:
+    """One directory, not its subdirectories (they are returned for the caller)."""
+    result = _DirResult(linked=[], subdirs=[])
+    is_object_name = profile.is_object_name
+    try:
+        it = os.scandir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return result  # removed while we walked
+    with it:
+        for entry in it:
+            name = entry.name
+            if is_bucket_top and is_bucket_state(name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    result.subdirs.append((entry.path, dir_hidden or hides(name)))  # type: ignore[union-attr]
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            result.files += 1
+            if not dir_hidden and is_object_name(name):
+                result.objects += 1
+            if st.st_nlink > 1:
+                result.linked.append(((st.st_dev, st.st_ino), st.st_size))  # type: ignore[union-attr]
+            else:
+                result.used_bytes += st.st_size
+    return result
+
+
+def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile
+          ) -> tuple[int, int, int, dict[tuple[int, int], int]]:
+    """A whole subtree, in one thread: (bytes of singly-linked files, objects,
+    files, {inode key: size} of hard-linked ones)."""
+    used = objects = files = 0
+    linked: dict[tuple[int, int], int] = {}
+    stack = [(path, hidden, is_bucket_top)]
+    while stack:
+        p, h, top = stack.pop()
+        r = _scan_dir(p, h, top, profile)
+        used += r.used_bytes
+        objects += r.objects
+        files += r.files
+        linked.update(r.linked or ())
+        stack.extend((sub, sub_hidden, False) for sub, sub_hidden in r.subdirs or ())
+    return used, objects, files, linked
+
+
+def scan_tree(top: bytes, profile: Profile, *, bucket_top: bool = True, hidden: bool = False,
+              progress: Progress | None = None) -> Usage:
+    """Usage of the tree under *top*, in this thread.
 
     ``bucket_top``: *top* is a bucket directory, so its state entries are skipped.
     ``hidden``: *top* itself lies below a dot directory (its files are no objects).
     """
-    usage = Usage()
-    seen: set[tuple[int, int]] = set()  # inodes with st_nlink > 1 already counted
-    stack: list[tuple[bytes, bool, bool]] = [(top, hidden, bucket_top)]
-    while stack:
-        path, dir_hidden, is_bucket_top = stack.pop()
-        try:
-            it = os.scandir(path)
-        except FileNotFoundError:
-            continue  # removed while we walked
-        files = 0
-        with it:
-            for entry in it:
-                name = entry.name
-                if is_bucket_top and is_bucket_state(name):
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, dir_hidden or hides(name), False))
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                files += 1
-                if not dir_hidden and profile.is_object_name(name):
-                    usage.objects += 1
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                usage.used_bytes += st.st_size
-        if progress is not None:
-            progress.add(files)
-    return usage
+    used, objects, files, linked = _walk(top, hidden, bucket_top, profile)
+    if progress is not None:
+        progress.add(files)
+    return Usage(used + sum(linked.values()), objects)
 
 
 def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
                  workers: int = 4, show_progress: bool = True,
                  on_done: Callable[[bytes, Usage], None] | None = None) -> dict[bytes, Usage]:
-    """Scan several buckets in parallel (the syscalls release the GIL)."""
+    """Scan several buckets with *workers* processes.
+
+    Each bucket's top directory is read here; its subdirectories are the units of
+    work, so one big bucket is spread over every core (threads would serialise on
+    the GIL).  Hard links are counted once per bucket across units."""
     names = list(names)
     progress = Progress(len(names)) if show_progress else None
+    units: list[tuple[int, bytes, bool]] = []
+    totals: list[list] = []  # per bucket: used, objects, linked, units left
+    for i, name in enumerate(names):
+        first = _scan_dir(os.path.join(root, name), False, True, profile)
+        subdirs = first.subdirs or []
+        totals.append([first.used_bytes, first.objects, dict(first.linked or ()), len(subdirs)])
+        units.extend((i, path, hidden) for path, hidden in subdirs)
+        if progress is not None:
+            progress.add(first.files)
+    results: dict[bytes, Usage] = {}
 
-    def one(name: bytes) -> tuple[bytes, Usage]:
-        usage = scan_tree(os.path.join(root, name), profile, progress=progress)
+    def finish(i: int) -> None:
+        used, objects, linked, _ = totals[i]
+        usage = results[names[i]] = Usage(used + sum(linked.values()), objects)
         if progress is not None:
             progress.bucket_done()
-        return name, usage
+        if on_done is not None:
+            on_done(names[i], usage)
 
-    results: dict[bytes, Usage] = {}
-    if not names:
-        return results
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(names)))) as pool:
-        for name, usage in pool.map(one, names):
-            results[name] = usage
-            if on_done is not None:
-                on_done(name, usage)
+    def merge(i: int, part: tuple[int, int, int, dict[tuple[int, int], int]]) -> None:
+        t = totals[i]
+        t[0] += part[0]
+        t[1] += part[1]
+        t[2].update(part[3])
+        t[3] -= 1
+        if progress is not None:
+            progress.add(part[2])
+        if t[3] == 0:
+            finish(i)
+
+    for i, t in enumerate(totals):
+        if t[3] == 0:
+            finish(i)
+    if units:
+        _run_units(units, profile, workers, merge)
     if progress is not None:
         progress.finish()
     return results
+
+
+def _run_units(units: list[tuple[int, bytes, bool]], profile: Profile, workers: int,
+               merge: Callable[[int, tuple], None]) -> None:
+    if workers <= 1 or len(units) < 2:
+        for i, path, hidden in units:
+            merge(i, _walk(path, hidden, False, profile))
+        return
+    # forkserver: never fork the daemon itself (it may hold threads and a FUSE fd).
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_walk, path, hidden, False, profile): i for i, path, hidden in units}
+        for future in as_completed(futures):
+            merge(futures[future], future.result())

@@ -216,6 +216,14 @@ def test_offline_commands_edit_files_and_refuse_while_mounted(tmp_path: Path) ->
     assert ironfs("reconcile", backing, "--backing").returncode == 0
     q = orjson.loads((m.backing / "b" / ".quota").read_bytes())
     assert (q["max_size_bytes"], q["current_usage_bytes"], q["object_count"]) == (MiB, 3010, 2)
+    got = orjson.loads(ironfs("quota", "get", "b", "--backing", backing, "--json").stdout)
+    assert (got["max_bytes"], got["account"]) == (MiB, "off")
+    report = ironfs("report", "--backing", backing)
+    assert report.returncode == 0 and "off" in report.stdout and "1.0 MiB" in report.stdout
+    assert "off" in orjson.loads(ironfs("account", "list", "--backing", backing, "--json").stdout)
+    assert ironfs("account", "set", "gone", "--backing", backing).returncode == 0
+    assert ironfs("account", "delete", "gone", "--backing", backing).returncode == 0
+    assert ironfs("account", "get", "gone", "--backing", backing).returncode == 1
     m2 = start_mount(m.backing, m.mnt)
     try:
         assert ledger(m2.mnt, "b") == (3010, 2)

@@ -71,3 +71,13 @@ def test_scan_buckets_in_parallel(tmp_path: Path) -> None:
     assert {k: (v.used_bytes, v.objects) for k, v in results.items()} == {
         f"b{i}".encode(): (i * i, i) for i in range(6)}
     assert sorted(done) == sorted(results)
+
+
+def test_scan_buckets_spreads_subdirectories_over_processes(tmp_path: Path) -> None:
+    tree(tmp_path / "big", {f"p{i}/q{j}/f{k}": 10 for i in range(4) for j in range(3) for k in range(5)})
+    tree(tmp_path / "big", {".h/x": 7, "top": 1})
+    os.link(tmp_path / "big" / "p0" / "q0" / "f0", tmp_path / "big" / "p3" / "linked")  # across units
+    got = scan_buckets(os.fsencode(tmp_path), [b"big"], PROFILES["generic"], workers=2,
+                       show_progress=False)[b"big"]
+    single = scan_tree(os.fsencode(tmp_path / "big"), PROFILES["generic"])
+    assert (got.used_bytes, got.objects) == (single.used_bytes, single.objects) == (600 + 7 + 1, 62)
