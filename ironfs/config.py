@@ -43,6 +43,8 @@ class Config:
     metrics_address: str | None = None
     metrics_file: str | None = None
     log_file: str | None = None
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
 
 
 def _int(name: str, text: str, minimum: int = 0) -> int:
@@ -138,6 +140,15 @@ def _apply_option(cfg: Config, key: str, val: str | None) -> None:
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"metrics: expected HOST:PORT, e.g. 127.0.0.1:9410, not {address!r}")
         cfg.metrics_address = address
+    elif key in ("entry_timeout", "attr_timeout"):
+        text = _need(key, val)
+        try:
+            seconds = float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: not a number of seconds: {text!r}") from None
+        if not 0 <= seconds <= 3600:
+            raise ConfigError(f"{key}: must be between 0 and 3600 seconds")
+        setattr(cfg, key, seconds)
     elif key == "log_file":
         cfg.log_file = _need(key, val)
     elif key == "metrics_file":

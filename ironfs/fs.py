@@ -137,8 +137,8 @@ class IronFS(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_dir = 1
-        self.entry_timeout = 1.0
-        self.attr_timeout = 1.0
+        self.entry_timeout = cfg.entry_timeout
+        self.attr_timeout = cfg.attr_timeout
         self.rejections = 0
         self._heads: dict[Node, float] = {}  # objects looked up, not yet opened
         self.control = Control(cfg, ledger, self.book, self.pending_bytes)
@@ -188,6 +188,14 @@ class IronFS(pyfuse3.Operations):
         e.st_ctime_ns = st.st_ctime_ns
         return e
 
+    def _negative(self) -> EntryAttributes:
+        """"No such entry", which the kernel may remember for entry_timeout: a
+        server checks a key several times before it writes it."""
+        e = EntryAttributes()
+        e.st_ino = 0
+        e.entry_timeout = self.entry_timeout
+        return e
+
     def _is_bucket_dir(self, node: Node) -> bool:
         return node.parent is self.root and node.bucket is not None
 
@@ -195,10 +203,6 @@ class IronFS(pyfuse3.Operations):
         if parent is self.root:
             return is_root_state(name)
         return self._is_bucket_dir(parent) and is_bucket_state(name)
-
-    def _check_visible(self, parent: Node, name: bytes) -> None:
-        if not self.cfg.expose_state and self._is_state_name(parent, name):
-            raise FUSEError(errno.ENOENT)
 
     def _check_writable(self, parent: Node, name: bytes) -> None:
         """Names of ironfs's state can be neither made, removed nor replaced."""
@@ -265,8 +269,12 @@ class IronFS(pyfuse3.Operations):
             st = self._stat(node)
             node.lookups += 1
             return self._entry(node, st)
-        self._check_visible(parent, name)
-        st = os.lstat(self.inodes.child_path(parent, name))
+        if not self.cfg.expose_state and self._is_state_name(parent, name):
+            return self._negative()
+        try:
+            st = os.lstat(self.inodes.child_path(parent, name))
+        except FileNotFoundError:
+            return self._negative()
         node = self._remember(parent, name, st)
         if node.bucket is not None and stat.S_ISREG(st.st_mode):
             self._looked_at(node)
