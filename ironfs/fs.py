@@ -747,9 +747,9 @@ class IronFS(pyfuse3.Operations):
             self.ledger.refund(bucket, end - actual)
         return n
 
-    @handler
-    def flush(self, fh: int) -> None:
-        return None
+    # No flush handler: pyfuse3 answers ENOSYS, after which the kernel stops
+    # sending FLUSH on every close(2) (ironfs has nothing to flush per close:
+    # writes reach the backing file as they come).
 
     @handler
     def release(self, fh: int) -> None:
