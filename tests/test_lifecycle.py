@@ -243,3 +243,18 @@ def test_dd_past_a_one_mib_quota(tmp_path: Path) -> None:
     files = [p for p in bucket.rglob("*")
              if p.is_file() and p.relative_to(bucket).parts[0] not in (".quota", ".stats")]
     assert quota_file(m.backing, "b")["current_usage_bytes"] == sum(p.stat().st_size for p in files)
+
+
+def test_startup_scan_spreads_over_processes(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    for b in ("one", "two"):
+        for d in ("a", "b", "c/.hidden"):
+            (backing / b / d).mkdir(parents=True)
+            (backing / b / d / "obj").write_bytes(b"p" * 100)
+    m = start_mount(backing, tmp_path / "s3", options=["scan_workers=2"])  # no marker: full scan
+    try:
+        for b in ("one", "two"):
+            assert ledger(m.mnt, b) == scan(backing, b) == (300, 2)
+        assert "2 bucket(s) ready (2 scanned" in m.log_text()
+    finally:
+        m.stop()
