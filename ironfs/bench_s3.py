@@ -18,24 +18,24 @@ MiB = 1 << 20
 KEY, SECRET = "bench-key", "bench-secret"
 
 
-def _rclone() -> str:
+def rclone_binary() -> str:
     found = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
     if not os.access(found, os.X_OK):
         raise ImportError("rclone not found")
     return found
 
 
-def _port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, float]:
-    port = _port()
+    port = free_port()
     conf = scratch / "rclone.conf"
     conf.write_text("")
-    proc = subprocess.Popen([_rclone(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([rclone_binary(), "serve", "s3", "--addr", f"127.0.0.1:{port}",
                              "--auth-key", f"{KEY},{SECRET}", str(root)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "RCLONE_CONFIG": str(conf)})

@@ -118,22 +118,42 @@ def _field(doc: dict, key: str, *, nullable: bool, default: object = ...) -> int
     return value
 
 
-def parse_quota(data: bytes) -> QuotaRecord:
+def _json_object(data: bytes) -> dict:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
         raise CorruptState(f"not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise CorruptState("not a JSON object")
-    fmt = doc.get("format", QUOTA_FORMAT)
-    if fmt != QUOTA_FORMAT:
-        raise CorruptState(f"unknown format {fmt!r}")
-    limits = Limits(
-        max_bytes=_field(doc, "max_size_bytes", nullable=True),
+    return doc
+
+
+def _limits(doc: dict, max_bytes_key: str) -> Limits:
+    return Limits(
+        max_bytes=_field(doc, max_bytes_key, nullable=True),
         max_objects=_field(doc, "max_objects", nullable=True, default=None),
         grace_bytes=_field(doc, "grace_bytes", nullable=False, default=0) or 0,
         soft_bytes=_field(doc, "soft_bytes", nullable=True, default=None),
     )
+
+
+def _read_state(path: bytes) -> bytes | None:
+    """A state file's bytes; None if missing.  Raises CorruptState if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(16 << 20)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CorruptState(f"unreadable: {e.strerror}") from None
+
+
+def parse_quota(data: bytes) -> QuotaRecord:
+    doc = _json_object(data)
+    fmt = doc.get("format", QUOTA_FORMAT)
+    if fmt != QUOTA_FORMAT:
+        raise CorruptState(f"unknown format {fmt!r}")
+    limits = _limits(doc, "max_size_bytes")
     used = _field(doc, "current_usage_bytes", nullable=False)
     objects = _field(doc, "object_count", nullable=False)
     return QuotaRecord(limits, used or 0, objects or 0)
@@ -141,14 +161,8 @@ def parse_quota(data: bytes) -> QuotaRecord:
 
 def load_quota(bucket_dir: bytes) -> QuotaRecord | None:
     """The bucket's ``.quota``; None if missing.  Raises CorruptState."""
-    try:
-        with open(os.path.join(bucket_dir, QUOTA_FILE), "rb") as f:
-            data = f.read(1 << 20)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CorruptState(f"unreadable: {e.strerror}") from None
-    return parse_quota(data)
+    data = _read_state(os.path.join(bucket_dir, QUOTA_FILE))
+    return None if data is None else parse_quota(data)
 
 
 def set_aside(bucket_dir: bytes, name: bytes, now: datetime) -> bytes:
@@ -170,12 +184,7 @@ def stats_json(counters: dict[str, int], now: datetime) -> bytes:
 
 def parse_stats(data: bytes, names: tuple[str, ...]) -> list[int]:
     """Counter values in the order of *names*; a missing counter is 0."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise CorruptState(f"not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise CorruptState("not a JSON object")
+    doc = _json_object(data)
     return [_field(doc, name, nullable=False, default=0) or 0 for name in names]
 
 
@@ -185,15 +194,8 @@ def stats_name(month: str) -> bytes:
 
 def load_stats(bucket_dir: bytes, month: str, names: tuple[str, ...]) -> list[int] | None:
     """A month's counters, None if there is no file.  Raises CorruptState."""
-    path = os.path.join(bucket_dir, STATS_DIR, stats_name(month))
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CorruptState(f"unreadable: {e.strerror}") from None
-    return parse_stats(data, names)
+    data = _read_state(os.path.join(bucket_dir, STATS_DIR, stats_name(month)))
+    return None if data is None else parse_stats(data, names)
 
 
 def save_stats(root: bytes, bucket_name: bytes, month: str, payload: bytes) -> None:
@@ -252,22 +254,14 @@ def accounts_json(ledger: Ledger, now: datetime) -> bytes:
 
 
 def parse_accounts(data: bytes) -> list[AccountRecord]:
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as e:
-        raise CorruptState(f"not JSON: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("accounts"), dict):
+    doc = _json_object(data)
+    if not isinstance(doc.get("accounts"), dict):
         raise CorruptState("no 'accounts' object")
     records = []
     for name, entry in doc["accounts"].items():
         if not isinstance(entry, dict) or not isinstance(entry.get("buckets", []), list):
             raise CorruptState(f"account {name!r} is not an object with a bucket list")
-        limits = Limits(
-            max_bytes=_field(entry, "max_bytes", nullable=True),
-            max_objects=_field(entry, "max_objects", nullable=True, default=None),
-            grace_bytes=_field(entry, "grace_bytes", nullable=False, default=0) or 0,
-            soft_bytes=_field(entry, "soft_bytes", nullable=True, default=None),
-        )
+        limits = _limits(entry, "max_bytes")
         buckets = entry.get("buckets", [])
         if not all(isinstance(b, str) for b in buckets):
             raise CorruptState(f"account {name!r}: bucket names must be strings")
@@ -277,14 +271,8 @@ def parse_accounts(data: bytes) -> list[AccountRecord]:
 
 def load_accounts(root: bytes) -> list[AccountRecord]:
     """The accounts file; [] if there is none.  Raises CorruptState."""
-    try:
-        with open(os.path.join(state_dir(root), ACCOUNTS_FILE), "rb") as f:
-            data = f.read(16 << 20)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        raise CorruptState(f"unreadable: {e.strerror}") from None
-    return parse_accounts(data)
+    data = _read_state(os.path.join(state_dir(root), ACCOUNTS_FILE))
+    return [] if data is None else parse_accounts(data)
 
 
 def save_accounts(root: bytes, payload: bytes) -> None:

