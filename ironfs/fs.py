@@ -4,8 +4,8 @@ to the bucket it happens in.
 Concurrency contract: pyfuse3 runs handlers as trio tasks on one thread.  The
 handlers that change usage do not ``await`` at all between the quota check and
 the I/O, so a check, its charge and the I/O it guards happen with no other
-request in between; a failed I/O refunds what was charged.  Only ``fsync``
-awaits (in a worker thread) and it changes no usage.
+request in between; a failed I/O refunds what was charged.  Only ``fsync`` and
+large ``read``s await (in a worker thread), and they change no usage.
 
 Errors: every OSError leaves a handler as FUSEError with the same errno; a
 quota refusal (QuotaExceeded) leaves as ENOSPC, or EDQUOT with
