@@ -258,3 +258,25 @@ def test_startup_scan_spreads_over_processes(tmp_path: Path) -> None:
         assert "2 bucket(s) ready (2 scanned" in m.log_text()
     finally:
         m.stop()
+
+
+def test_stop_with_an_unlinked_file_still_open_gives_its_bytes_back(tmp_path: Path) -> None:
+    m = start_mount(tmp_path / "backing", tmp_path / "s3")
+    fd = None
+    try:
+        (m.mnt / "b").mkdir()
+        (m.mnt / "b" / "kept").write_bytes(b"k" * 100)
+        fd = os.open(m.mnt / "b" / "doomed", os.O_CREAT | os.O_RDWR, 0o644)
+        os.write(fd, b"d" * 5000)
+        os.unlink(m.mnt / "b" / "doomed")
+        assert ledger(m.mnt, "b") == (5100, 1)
+        assert m.stop() == 0  # the handle is still open in this process
+    finally:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        clear_mount(m.mnt)
+    q = quota_file(m.backing, "b")
+    assert (q["current_usage_bytes"], q["object_count"]) == scan(m.backing, "b") == (100, 1)
