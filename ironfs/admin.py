@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .catalog import attach_stats, bucket_names, default_limits, read_record
+from .catalog import add_accounts, attach_stats, bucket_names, default_limits, read_record
 from .config import Config, ConfigError, build_config
 from .control import Control, ControlError
 from .ledger import Ledger
@@ -118,14 +118,9 @@ class Offline:
                 bucket.dirty = False
             attach_stats(root, self.book, bucket, set_aside_corrupt=False)
         try:
-            for record in load_accounts(root):
-                account = self.ledger.add_account(record.name, record.limits)
-                for name in record.buckets:
-                    if (bucket := self.ledger.get(name)) is not None:
-                        self.ledger.assign(bucket, account)
+            add_accounts(self.ledger, load_accounts(root))
         except ValueError as e:
             raise AdminError(f"accounts.json is corrupt: {e}") from None
-        self.ledger.accounts_dirty = False
         self.control = Control(cfg, self.ledger, self.book, dict)
         self.control.show_progress = True
         self.store = StateStore(root, self.ledger, self.book)
@@ -229,6 +224,13 @@ def pct(used: int, limit: int | None) -> str:
     return "-" if not limit else f"{100 * used / limit:.1f}%"
 
 
+def columns(lines: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+                     for line in lines)
+
+
 def report_table(rows: list[dict]) -> str:
     head = ("bucket", "account", "used", "soft", "hard", "grace", "objects", "max obj", "% used",
             "state")
@@ -239,9 +241,7 @@ def report_table(rows: list[dict]) -> str:
                       format_size(r["grace_bytes"]), str(r["objects"]),
                       "none" if r["max_objects"] is None else str(r["max_objects"]),
                       pct(r["used_bytes"], r["max_bytes"]), r["state"]))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
+    return columns(lines)
 
 
 def account_table(accounts: dict) -> str:
@@ -250,9 +250,7 @@ def account_table(accounts: dict) -> str:
         lines.append((name, format_size(a["used_bytes"]), format_size(a["max_bytes"]),
                       str(a["objects"]), "none" if a["max_objects"] is None else str(a["max_objects"]),
                       pct(a["used_bytes"], a["max_bytes"]), a["state"], ",".join(a["buckets"]) or "-"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
+    return columns(lines)
 
 
 def reconcile_table(report: dict) -> str:

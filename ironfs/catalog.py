@@ -13,6 +13,7 @@ from .ledger import Bucket, Ledger, Limits
 from .rules import is_bucket_name
 from .scanner import Usage, scan_buckets, scan_tree
 from .state import (
+    AccountRecord,
     CorruptState,
     QuotaRecord,
     load_accounts,
@@ -135,6 +136,13 @@ def load_account_file(cfg: Config, ledger: Ledger) -> None:
                   "they are set again", e, os.fsdecode(kept))
         ledger.accounts_dirty = False
         return
+    add_accounts(ledger, records)
+    if records:
+        log.info("%d account(s) loaded", len(records))
+
+
+def add_accounts(ledger: Ledger, records: list[AccountRecord]) -> None:
+    """Accounts as stored, with the buckets of theirs that still exist."""
     for record in records:
         account = ledger.add_account(record.name, record.limits)
         for name in record.buckets:
@@ -145,8 +153,6 @@ def load_account_file(cfg: Config, ledger: Ledger) -> None:
                 continue
             ledger.assign(bucket, account)
     ledger.accounts_dirty = False
-    if records:
-        log.info("%d account(s) loaded", len(records))
 
 
 def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:

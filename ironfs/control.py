@@ -21,14 +21,13 @@ from .config import Config
 from .ledger import Account, Bucket, Ledger, Limits
 from .reconcile import reconcile
 from .state import limits_doc, load_stats, name_from_json, name_to_json
-from .stats import COUNTERS, StatsBook
+from .stats import COUNTERS, MONTH_PATTERN, StatsBook
 from .units import parse_count, parse_limit, parse_size
 
 log = logging.getLogger(__name__)
 
 ENOATTR = errno.ENODATA
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 LIMIT_FIELDS = ("max_bytes", "max_objects", "grace_bytes", "soft_bytes")
 
 
@@ -127,7 +126,7 @@ class Control:
         for owner, counters in self.book.closed:
             if owner is bucket and counters.month == month:
                 return orjson.dumps({"month": month, **counters.as_dict()})
-        if not _MONTH.fullmatch(month):
+        if not MONTH_PATTERN.fullmatch(month):
             raise ControlError(ENOATTR)
         values = load_stats(os.path.join(self.cfg.backing, bucket.name), month, COUNTERS)
         if values is None:

@@ -153,21 +153,18 @@ class IronFS(pyfuse3.Operations):
     def _target(self, node: Node) -> bytes:
         """A path that reaches *node*: its name, or an open fd once unlinked."""
         path = self.inodes.path(node)
-        if path is not None:
-            return path
+        return path if path is not None else b"/proc/self/fd/%d" % self._open_fd(node)
+
+    def _open_fd(self, node: Node) -> int:
+        """An fd of one of *node*'s open handles (for a file whose names are gone)."""
         for h in self.handles.values():
             if h.node is node:
-                return b"/proc/self/fd/%d" % h.fd
+                return h.fd
         raise FUSEError(errno.ESTALE)
 
     def _stat(self, node: Node) -> os.stat_result:
         path = self.inodes.path(node)
-        if path is not None:
-            return os.lstat(path)
-        for h in self.handles.values():
-            if h.node is node:
-                return os.fstat(h.fd)
-        raise FUSEError(errno.ESTALE)
+        return os.lstat(path) if path is not None else os.fstat(self._open_fd(node))
 
     def _entry(self, node: Node, st: os.stat_result) -> EntryAttributes:
         e = EntryAttributes()

@@ -6,16 +6,13 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
 import time
 
 import orjson
 
 from .state import CorruptState, load_stats
-from .stats import COUNTERS, month_of
-
-_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+from .stats import COUNTERS, MONTH_PATTERN, month_of
 
 
 def stats_parser() -> argparse.ArgumentParser:
@@ -58,7 +55,7 @@ def read_stats(bucket_dir: str, month: str | None) -> dict:
 
 def stats_main(argv: list[str]) -> int:
     args = stats_parser().parse_args(argv)
-    if args.month and not _MONTH.fullmatch(args.month):
+    if args.month and not MONTH_PATTERN.fullmatch(args.month):
         print(f"ironfs stats: --month must be YYYY-MM, not {args.month!r}", file=sys.stderr)
         return 2
     try:

@@ -7,6 +7,7 @@ and a fresh month starts, so nothing is ever added to the wrong month.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,6 +16,8 @@ from .ledger import Bucket
 
 COUNTERS = ("get_count", "put_count", "delete_count", "list_count", "head_count",
             "multipart_count", "bytes_written", "bytes_read", "quota_rejections")
+#: ``YYYY-MM``, the name of a month's counters file.
+MONTH_PATTERN = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 GET, PUT, DELETE, LIST, HEAD, MULTIPART, BYTES_WRITTEN, BYTES_READ, REJECTIONS = range(len(COUNTERS))
 
 
