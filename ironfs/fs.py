@@ -646,9 +646,12 @@ class IronFS(pyfuse3.Operations):
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if node.state and writing:
             raise FUSEError(errno.EACCES)
-        target = self._target(node)
+        path = self.inodes.path(node)
         bflags = (flags & ~_STRIP_FLAGS) | os.O_CLOEXEC
-        if not target.startswith(b"/proc/"):
+        if path is None:  # unlinked while open: reopen through an open fd's link
+            target = b"/proc/self/fd/%d" % self._open_fd(node)
+        else:
+            target = path
             bflags |= os.O_NOFOLLOW
         truncated = 0
         if flags & os.O_TRUNC and node.bucket is not None:
@@ -785,6 +788,7 @@ class IronFS(pyfuse3.Operations):
                 self._release(fh)
             except OSError as e:
                 log.warning("closing a handle left open at unmount: %s", e.strerror)
+        self.inodes.close_anchors()
 
     # -- operation counters (rules in DESIGN.md and the README) -------------------
     def _node_is_object(self, node: Node) -> bool:

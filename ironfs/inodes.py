@@ -10,12 +10,21 @@ handles (``open``), or while a known node names it as parent (``children``).
 
 from __future__ import annotations
 
+import errno
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from .ledger import Bucket
 
 ROOT_INODE = 1
+#: Backing paths longer than this are reached from an fd of a deep ancestor
+#: (``/proc/self/fd/N/rest``): a client that builds a tree deeper than PATH_MAX
+#: with the *at calls, or a mount path near PATH_MAX under a longer backing
+#: root, must work as it does on the backing filesystem.
+LONG_PATH = 3072
+#: Open O_PATH fds of such ancestors kept for reuse.
+ANCHORS = 256
 
 
 class Node:
@@ -60,6 +69,7 @@ class InodeTable:
         self._by_ino: dict[int, Node] = {ROOT_INODE: self.root}
         self._by_key: dict[tuple[int, int], Node] = {root_key: self.root}
         self._next_ino = ROOT_INODE + 1
+        self._anchors: OrderedDict[Node, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -78,16 +88,63 @@ class InodeTable:
     def path(self, node: Node) -> bytes | None:
         """The backing path of *node*, or None if it has no name left."""
         parts: list[bytes] = []
+        size = len(self.root_path)
+        start = node
         while node.parent is not None:
             parts.append(node.name)
+            size += len(node.name) + 1
             node = node.parent
         if node is not self.root:
             return None
         if not parts:
             return self.root_path
+        if size > LONG_PATH:
+            return self._anchored(start)
         parts.append(self.root_path)
         parts.reverse()
         return b"/".join(parts)
+
+    def _anchored(self, node: Node) -> bytes:
+        """A path of *node* through an fd of its highest ancestor that leaves
+        a tail no longer than LONG_PATH."""
+        tail: list[bytes] = []
+        size = 0
+        while True:
+            tail.append(node.name)
+            size += len(node.name) + 1
+            node = node.parent  # type: ignore[assignment]
+            if node.parent is None or size + len(node.name) + 1 > LONG_PATH:
+                break
+        tail.append(b"/proc/self/fd/%d" % self._anchor_fd(node))
+        tail.reverse()
+        return b"/".join(tail)
+
+    def _anchor_fd(self, node: Node) -> int:
+        fd = self._anchors.get(node)
+        if fd is not None:
+            self._anchors.move_to_end(node)
+            return fd
+        path = self.path(node)
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, "directory is gone")
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != node.key:
+            os.close(fd)
+            raise OSError(errno.ESTALE, "directory was replaced behind the mount")
+        self._anchors[node] = fd
+        if len(self._anchors) > ANCHORS:
+            os.close(self._anchors.popitem(last=False)[1])
+        return fd
+
+    def _drop_anchor(self, node: Node) -> None:
+        fd = self._anchors.pop(node, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close_anchors(self) -> None:
+        while self._anchors:
+            os.close(self._anchors.popitem()[1])
 
     def child_path(self, parent: Node, name: bytes) -> bytes:
         base = self.path(parent)
@@ -157,6 +214,8 @@ class InodeTable:
             del self._by_ino[node.ino]
             if self._by_key.get(node.key) is node:
                 del self._by_key[node.key]
+            if self._anchors:
+                self._drop_anchor(node)
             for parent, _ in node.extra_links or ():
                 self._release_child(parent)
             node.extra_links = None
@@ -212,6 +271,8 @@ class InodeTable:
         number to a new file while the kernel still holds this node."""
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
+        if self._anchors:
+            self._drop_anchor(node)
         for parent, _ in node.extra_links or ():
             self._release_child(parent)
         node.extra_links = None

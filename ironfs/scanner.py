@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from .inodes import LONG_PATH
 from .rules import Profile, hides, is_bucket_state
 
 log = logging.getLogger(__name__)
@@ -110,21 +111,43 @@ def _scan_dir(path: bytes, dir_hidden: bool, is_bucket_top: bool, profile: Profi
     return result
 
 
+class _Anchor:
+    """An O_PATH fd of a directory, closed when no pending path needs it: paths
+    deeper than PATH_MAX are walked as /proc/self/fd/N/rest."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, path: bytes) -> None:
+        self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
 def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile
           ) -> tuple[int, int, int, dict[tuple[int, int], int]]:
     """A whole subtree, in one thread: (bytes of singly-linked files, objects,
     files, {inode key: size} of hard-linked ones)."""
     used = objects = files = 0
     linked: dict[tuple[int, int], int] = {}
-    stack = [(path, hidden, is_bucket_top)]
+    stack: list[tuple[bytes, bool, bool, _Anchor | None]] = [(path, hidden, is_bucket_top, None)]
     while stack:
-        p, h, top = stack.pop()
+        p, h, top, anchor = stack.pop()
         r = _scan_dir(p, h, top, profile)
         used += r.used_bytes
         objects += r.objects
         files += r.files
         linked.update(r.linked or ())
-        stack.extend((sub, sub_hidden, False) for sub, sub_hidden in r.subdirs or ())
+        subdirs = r.subdirs or ()
+        if subdirs and len(p) > LONG_PATH:
+            try:
+                anchor = _Anchor(p)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # removed while we walked
+            base = b"/proc/self/fd/%d/" % anchor.fd
+            subdirs = [(base + os.path.basename(sub), sub_hidden) for sub, sub_hidden in subdirs]
+        stack.extend((sub, sub_hidden, False, anchor) for sub, sub_hidden in subdirs)
+        del anchor
     return used, objects, files, linked
 
 

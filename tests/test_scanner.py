@@ -81,3 +81,34 @@ def test_scan_buckets_spreads_subdirectories_over_processes(tmp_path: Path) -> N
                        show_progress=False)[b"big"]
     single = scan_tree(os.fsencode(tmp_path / "big"), PROFILES["generic"])
     assert (got.used_bytes, got.objects) == (single.used_bytes, single.objects) == (600 + 7 + 1, 62)
+
+
+def _deep(top: Path, depth: int) -> None:
+    """A chain of 200-byte directory names, made with *at calls, with a 10-byte
+    file at every level."""
+    top.mkdir(parents=True)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(depth):
+            with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+                f.write(b"0123456789")
+            name = f"{i:03d}" + "d" * 197
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+
+
+def test_trees_deeper_than_path_max_are_scanned(tmp_path: Path) -> None:
+    depth = 80  # about 16 KiB of path
+    _deep(tmp_path / "b" / "sub", depth)
+    (tmp_path / "b" / "sub2").mkdir()
+    expected = (10 * depth, depth)
+    usage = scan_tree(os.fsencode(tmp_path / "b"), PROFILES["generic"])
+    assert (usage.used_bytes, usage.objects) == expected
+    out = scan_buckets(os.fsencode(tmp_path), [b"b"], PROFILES["generic"], workers=2,
+                       show_progress=False)
+    assert (out[b"b"].used_bytes, out[b"b"].objects) == expected
+    assert len(os.listdir("/proc/self/fd")) < 20  # the walk's fds were closed
