@@ -10,7 +10,7 @@ import time
 
 from .config import Config
 from .ledger import Bucket, Ledger, Limits
-from .rules import is_bucket_name
+from .rules import QUOTA_FILE, STATS_DIR, is_bucket_name
 from .scanner import Usage, scan_buckets, scan_tree
 from .state import (
     AccountRecord,
@@ -19,6 +19,7 @@ from .state import (
     load_accounts,
     load_quota,
     load_stats,
+    remove_unfinished_writes,
     set_aside,
     state_dir,
     stats_name,
@@ -100,7 +101,14 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     """Fill *ledger* with every bucket of the backing root before serving."""
     started = time.monotonic()
     to_scan: dict[bytes, Limits] = {}
+    if not trust_usage:
+        _remove_unfinished(cfg.backing, state_dir(cfg.backing))
     for name in bucket_names(cfg.backing):
+        if not trust_usage:
+            bucket_dir = os.path.join(cfg.backing, name)
+            # The bucket's top may hold millions of objects: only .quota's temp name.
+            _remove_unfinished(cfg.backing, bucket_dir, [QUOTA_FILE])
+            _remove_unfinished(cfg.backing, os.path.join(bucket_dir, STATS_DIR))
         record = read_record(cfg.backing, name)
         if record is not None and trust_usage:
             bucket = ledger.add(name, record.limits, record.used_bytes, record.objects)
@@ -120,6 +128,12 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     total = sum(b.used_bytes for b in ledger)
     log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
              len(ledger), len(to_scan), total, time.monotonic() - started)
+
+
+def _remove_unfinished(root: bytes, directory: bytes, names: list[bytes] | None = None) -> None:
+    for name in remove_unfinished_writes(directory, names):
+        log.warning("removed %s, a state write the last crash interrupted",
+                    os.fsdecode(os.path.relpath(os.path.join(directory, name), root)))
 
 
 def load_account_file(cfg: Config, ledger: Ledger) -> None:

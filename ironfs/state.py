@@ -54,7 +54,7 @@ def atomic_write(directory: bytes, name: bytes, data: bytes) -> None:
     """Write *directory*/*name* so that a crash leaves the old or the new content.
 
     Never creates *directory*: a bucket deleted meanwhile must stay deleted."""
-    tmp = os.path.join(directory, STATE_PREFIX + b"-tmp" + name)
+    tmp = os.path.join(directory, unfinished_name(name))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         view = memoryview(data)
@@ -72,6 +72,35 @@ def atomic_write(directory: bytes, name: bytes, data: bytes) -> None:
         _unlink_quietly(tmp)
         raise
     fsync_dir(directory)
+
+
+def unfinished_name(name: bytes) -> bytes:
+    """The temp file ``atomic_write`` writes *name*'s new content to."""
+    return STATE_PREFIX + b"-tmp" + name
+
+
+def remove_unfinished_writes(directory: bytes, names: list[bytes] | None = None) -> list[bytes]:
+    """Delete the temp files of atomic writes a crash interrupted in *directory*
+    (the file each was replacing is intact): those of *names*, or every one when
+    None (for small directories).  Returns the temp files' names."""
+    if names is not None:
+        candidates = [unfinished_name(n) for n in names]
+    else:
+        try:
+            with os.scandir(directory) as it:
+                candidates = [e.name for e in it if e.name.startswith(unfinished_name(b""))]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    removed = []
+    for name in candidates:
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("could not remove %s: %s", os.fsdecode(name), e.strerror)
+    return removed
 
 
 def _unlink_quietly(path: bytes) -> None:
