@@ -70,6 +70,88 @@ def crash(mnt: Path, journal_path: Path, seed: int) -> None:
         journal.state(mnt, names)
 
 
+def churn(mnt: Path, buckets: list[str], worker: int, seed: int, seconds: float,
+          out: Path) -> None:
+    """Writes, truncates, renames and deletes near the limit, for *seconds*.
+    Files named w<worker>-* are this worker's alone, so a refused write can be
+    checked to have written nothing; s-* names are shared and fought over."""
+    import time
+    rng = random.Random(seed)
+    counts = {"ops": 0, "refused": 0, "unexpected": []}
+    mine: dict[str, str] = {}  # name -> bucket
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        counts["ops"] += 1
+        op = rng.choice(("write", "write", "append", "truncate", "move", "delete", "share", "unshare"))
+        try:
+            if op == "write" or not mine:
+                n += 1
+                name, bucket = f"w{worker}-{n}", rng.choice(buckets)
+                mine[name] = bucket
+                _checked_write(mnt / bucket / name, 0, rng.randrange(1, 300_000), counts)
+                continue
+            name = rng.choice(sorted(mine))
+            path = mnt / mine[name] / name
+            if op == "append":
+                _checked_write(path, None, rng.randrange(1, 200_000), counts)
+            elif op == "truncate":
+                size = path.stat().st_size
+                new = rng.randrange(0, size * 2 + 100_000)
+                try:
+                    os.truncate(path, new)
+                except OSError as e:
+                    _refused(e, counts)
+                    assert path.stat().st_size == size, "a refused truncate changed the size"
+            elif op == "move":
+                target = rng.choice(buckets)
+                try:
+                    os.rename(path, mnt / target / name)
+                    mine[name] = target
+                except OSError as e:
+                    _refused(e, counts)
+                    assert path.exists(), "a refused rename lost its source"
+            elif op == "delete":
+                os.unlink(path)
+                del mine[name]
+            elif op == "share":
+                os.rename(path, mnt / mine[name] / f"s-{rng.randrange(8)}")
+                del mine[name]
+            else:
+                os.unlink(mnt / rng.choice(buckets) / f"s-{rng.randrange(8)}")
+        except FileNotFoundError:
+            pass  # a shared name someone else removed first
+        except OSError as e:
+            counts["unexpected"].append(f"{op}: {e}")
+    out.write_text(json.dumps(counts))
+
+
+def _refused(e: OSError, counts: dict) -> None:
+    if e.errno != errno.ENOSPC:
+        raise e
+    counts["refused"] += 1
+
+
+def _checked_write(path: Path, offset: int | None, size: int, counts: dict) -> None:
+    """Write *size* bytes at *offset* (the end when None); a refusal must be
+    ENOSPC and leave the file as it was (a short write keeps what landed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        before = os.fstat(fd).st_size
+        at = before if offset is None else offset
+        try:
+            done = os.pwrite(fd, os.urandom(size), at)
+        except OSError as e:
+            _refused(e, counts)
+            assert os.fstat(fd).st_size == before, "a refused write changed the size"
+            return
+        if done < size:
+            counts["refused"] += 1  # crossed the limit mid-page: a short count
+        assert os.fstat(fd).st_size == max(before, at + done)
+    finally:
+        os.close(fd)
+
+
 def replay(journal_path: Path) -> dict[str, str | None]:
     """Names whose content the client knows for sure, at the kill."""
     known: dict[str, str | None] = {}
@@ -92,7 +174,10 @@ def replay(journal_path: Path) -> dict[str, str | None]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "crash":
+    if sys.argv[1] == "churn":
+        churn(Path(sys.argv[2]), sys.argv[3].split(","), int(sys.argv[4]), int(sys.argv[5]),
+              float(sys.argv[6]), Path(sys.argv[7]))
+    elif sys.argv[1] == "crash":
         try:
             crash(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
         except OSError as e:

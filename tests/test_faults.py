@@ -1,0 +1,128 @@
+"""Faults on the state path (issue 7, part 6): the backing filesystem fails a
+flush.  The flush fails and is logged once, is retried every tick, user
+requests keep working, and the state already on disk stays whole.
+
+ENOSPC is real (the backing root is a small tmpfs filled up behind the
+mount's back); EIO cannot be provoked on a healthy disk, so it is injected
+into the state writer in-process."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ironfs import state
+from ironfs.ledger import Ledger, Limits
+from ironfs.persist import StateStore
+from ironfs.stats import PUT, StatsBook
+from tests.mounting import assert_invariant, start_mount
+
+
+def quota(backing: Path, bucket: str) -> dict:
+    return orjson.loads((backing / bucket / ".quota").read_bytes())
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path) -> None:
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_full_backing_disk_fails_flushes_not_requests(small_fs: Path, tmp_path: Path) -> None:
+    backing = small_fs / "backing"
+    m = start_mount(backing, tmp_path / "s3", options=["flush_interval_ms=50"])
+    try:
+        (m.mnt / "b").mkdir()
+        (m.mnt / "b" / "obj").write_bytes(b"o" * 100_000)
+        wait_for(lambda: (backing / "b" / ".quota").exists()
+                 and quota(backing, "b")["current_usage_bytes"] == 100_000)
+        before = (backing / "b" / ".quota").read_bytes()
+        fill(backing / ".filler")  # the disk is full, behind the mount's back
+        (m.mnt / "b" / "empty").touch()  # needs no block, changes the ledger
+        wait_for(lambda: "flush of bucket b failed: No space left on device" in m.log_text())
+        time.sleep(0.3)  # several more ticks: retried, logged once
+        assert m.log_text().count("flush of bucket b failed") == 1
+        assert (backing / "b" / ".quota").read_bytes() == before  # whole, and the old one
+        assert not list((backing / "b").glob(".ironfs-tmp*"))
+        # User requests keep working: reads, listings, attributes, deletes;
+        # writes get the backing filesystem's own answer.
+        assert (m.mnt / "b" / "obj").read_bytes() == b"o" * 100_000
+        assert sorted(os.listdir(m.mnt / "b")) == ["empty", "obj"]
+        assert int(os.getxattr(m.mnt / "b", b"user.ironfs.objects")) == 2
+        with pytest.raises(OSError) as info:
+            (m.mnt / "b" / "big").write_bytes(b"x" * 1_000_000)
+        assert info.value.errno == errno.ENOSPC
+        assert_invariant(m, "b")
+        (backing / ".filler").unlink()
+        wait_for(lambda: "flush of bucket b works again" in m.log_text())
+        wait_for(lambda: quota(backing, "b")["object_count"] == 3)
+        assert_invariant(m, "b")
+    finally:
+        assert m.stop() == 0
+    assert (backing / ".ironfs" / "clean").exists()
+
+
+def test_eio_while_writing_state_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    root = os.fsencode(tmp_path)
+    (tmp_path / "b").mkdir()
+    ledger, book = Ledger(), StatsBook()
+    bucket = ledger.add(b"b", Limits(max_bytes=1000), 10, 1)
+    book.attach(bucket)
+    store = StateStore(root, ledger, book)
+    assert store.flush_now()
+    good = (tmp_path / "b" / ".quota").read_bytes()
+
+    real_fsync = os.fsync
+    failing = {"on": True}
+
+    def fsync(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(state.os, "fsync", fsync)
+    ledger.charge(bucket, 90, 1)
+    book.add(bucket, PUT)
+    with caplog.at_level(logging.WARNING, logger="ironfs.persist"):
+        for _ in range(3):
+            assert not store.flush_now()
+    assert [r.getMessage() for r in caplog.records] == [
+        "flush of bucket b failed: Input/output error; retrying every tick"]
+    assert (tmp_path / "b" / ".quota").read_bytes() == good
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".quota", ".stats"]
+    assert bucket.dirty  # still owed to the disk
+    failing["on"] = False
+    assert store.flush_now()
+    assert orjson.loads((tmp_path / "b" / ".quota").read_bytes())["current_usage_bytes"] == 100
