@@ -179,3 +179,17 @@ def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> B
     bucket = ledger.add(name, limits, usage.used_bytes, usage.objects)
     attach_stats(cfg.backing, book, bucket)
     return bucket
+
+
+def reload_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+    """An evicted bucket is used again: its ``.quota`` was written exactly at
+    eviction, so it is trusted; if it has gone missing or corrupt since, scan."""
+    record = read_record(cfg.backing, name)
+    if record is None:
+        log.warning("bucket %s: no usable .quota to reload it from; scanning", os.fsdecode(name))
+        usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
+        bucket = ledger.readmit(name, default_limits(cfg), usage.used_bytes, usage.objects)
+    else:
+        bucket = ledger.readmit(name, record.limits, record.used_bytes, record.objects)
+    attach_stats(cfg.backing, book, bucket)
+    return bucket

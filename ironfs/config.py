@@ -31,7 +31,7 @@ class Config:
     bucket_max_bytes: int | None = DEFAULT_BUCKET_MAX_BYTES
     account_max_bytes: int | None = DEFAULT_ACCOUNT_MAX_BYTES
     flush_interval: float = 1.0
-    max_buckets: int | None = None
+    bucket_cache: int | None = None
     quota_errno: int = errno.ENOSPC
     enforce: bool = True
     expose_state: bool = False
@@ -101,7 +101,7 @@ def build_config(backing: str, mountpoint: str, options: Sequence[str],
     if "QUOTA_FLUSH_INTERVAL_MS" in env:
         cfg.flush_interval = _int("QUOTA_FLUSH_INTERVAL_MS", env["QUOTA_FLUSH_INTERVAL_MS"], 1) / 1000
     if "QUOTA_CACHE_MAX_SIZE" in env:
-        cfg.max_buckets = _int("QUOTA_CACHE_MAX_SIZE", env["QUOTA_CACHE_MAX_SIZE"], 1)
+        cfg.bucket_cache = _int("QUOTA_CACHE_MAX_SIZE", env["QUOTA_CACHE_MAX_SIZE"], 1)
     for key, val in split_options(options):
         _apply_option(cfg, key, val)
     return cfg
@@ -114,8 +114,8 @@ def _apply_option(cfg: Config, key: str, val: str | None) -> None:
         cfg.account_max_bytes = _limit(key, _need(key, val))
     elif key == "flush_interval_ms":
         cfg.flush_interval = _int(key, _need(key, val), 1) / 1000
-    elif key == "max_buckets":
-        cfg.max_buckets = _int(key, _need(key, val), 1)
+    elif key == "bucket_cache":
+        cfg.bucket_cache = _int(key, _need(key, val), 1)
     elif key == "quota_errno":
         name = _need(key, val).upper()
         if name not in ("ENOSPC", "EDQUOT"):

@@ -190,7 +190,7 @@ class Control:
             account.set_limits(limits)
             self.ledger.accounts_dirty = True
         if members is not None:
-            for bucket in [self.ledger.get(b) for b in list(account.buckets)]:
+            for bucket in [self.ledger.lookup(b) for b in list(account.buckets)]:
                 if bucket is not None and bucket not in members:
                     self.ledger.assign(bucket, None)
             for bucket in members:
@@ -202,7 +202,7 @@ class Control:
             raise ValueError("buckets must be a list of bucket names")
         buckets = []
         for text in names:
-            bucket = self.ledger.get(name_from_json(text))
+            bucket = self.ledger.lookup(name_from_json(text))
             if bucket is None:
                 raise ValueError(f"no bucket {text!r}")
             buckets.append(bucket)
@@ -215,7 +215,7 @@ class Control:
         if mode not in ("check", "fix"):
             raise ControlError(errno.EINVAL, "expected check[:BUCKET] or fix[:BUCKET]")
         if only:
-            bucket = self.ledger.get(name_from_json(only))
+            bucket = self.ledger.lookup(name_from_json(only))
             if bucket is None:
                 raise ControlError(errno.ENOENT, f"no bucket {only!r}")
             buckets = [bucket]

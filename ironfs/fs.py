@@ -219,7 +219,7 @@ class IronFS(pyfuse3.Operations):
         return parent.bucket, False
 
     def _bucket_named(self, name: bytes) -> Bucket:
-        bucket = self.ledger.get(name)
+        bucket = self.ledger.lookup(name)
         if bucket is None:
             bucket = adopt_bucket(self.cfg, self.ledger, self.book, name)
         return bucket
@@ -406,13 +406,9 @@ class IronFS(pyfuse3.Operations):
         self._check_writable(parent, name)
         path = self.inodes.child_path(parent, name)
         making_bucket = parent is self.root and is_bucket_name(name)
-        if making_bucket and self.cfg.max_buckets is not None and len(self.ledger) >= self.cfg.max_buckets:
-            log.warning("refused bucket %s: %d buckets is the limit (max_buckets)",
-                        os.fsdecode(name), self.cfg.max_buckets)
-            raise FUSEError(self.quota_errno)
         os.mkdir(path, mode & ~ctx.umask & 0o7777)
         self._chown_new(path, parent, ctx)
-        if making_bucket and self.ledger.get(name) is None:
+        if making_bucket and self.ledger.lookup(name) is None:
             new_bucket(self.cfg, self.ledger, self.book, name)
             log.info("bucket %s created", os.fsdecode(name))
         return self._new_entry(parent, name, path)
@@ -497,7 +493,7 @@ class IronFS(pyfuse3.Operations):
         self._check_writable(parent, name)
         path = self.inodes.child_path(parent, name)
         st = os.lstat(path)
-        bucket = self.ledger.get(name) if parent is self.root else None
+        bucket = self.ledger.lookup(name) if parent is self.root else None
         if bucket is not None and stat.S_ISDIR(st.st_mode):
             self._remove_bucket(bucket, path)
         else:
@@ -556,6 +552,10 @@ class IronFS(pyfuse3.Operations):
                      and not self._is_object(old_parent, old_name))
         multipart = published and self.profile.is_multipart(
             self.inodes.components(old_parent)[1:] + [old_name])
+        if old_parent is self.root and new_parent is self.root and stat.S_ISDIR(src.st_mode):
+            # An evicted bucket is reloaded from its .quota before that moves.
+            self.ledger.lookup(old_name)
+            self.ledger.lookup(new_name)
         done = self.ledger.charge_many(changes)
         try:
             renameat2(old_path, new_path, flags)

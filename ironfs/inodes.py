@@ -30,7 +30,7 @@ ANCHORS = 256
 class Node:
     __slots__ = (
         "ino", "key", "parent", "name", "extra_links", "lookups", "children",
-        "open", "bucket", "size", "unlinked", "state", "fresh", "busy_at", "read_at",
+        "open", "_bucket", "size", "unlinked", "state", "fresh", "busy_at", "read_at",
     )
 
     def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
@@ -44,7 +44,7 @@ class Node:
         self.lookups = 0
         self.children = 0
         self.open = 0
-        self.bucket = bucket
+        self._bucket = bucket
         # Apparent size while open for writing (None: not known, ask the fd).
         self.size: int | None = None
         # Its last name is gone while handles are open: bytes are refunded at last close.
@@ -56,6 +56,19 @@ class Node:
         self.fresh = False
         self.busy_at = 0.0
         self.read_at = 0.0
+
+    @property
+    def bucket(self) -> Bucket | None:
+        """The bucket charged for this entry (the live one, should the bucket
+        have been evicted from memory since this node was made)."""
+        b = self._bucket
+        if b is not None and b.evicted is not None:
+            b = self._bucket = b.current()
+        return b
+
+    @bucket.setter
+    def bucket(self, bucket: Bucket | None) -> None:
+        self._bucket = bucket
 
     def __repr__(self) -> str:
         return f"Node({self.ino}, {self.name!r}, lookups={self.lookups}, open={self.open})"

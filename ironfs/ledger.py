@@ -10,7 +10,8 @@ I/O fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,13 +93,25 @@ class Meter:
 
 
 class Bucket(Meter):
-    __slots__ = ("stats", "account")
+    __slots__ = ("stats", "account", "idle", "evicted", "__weakref__")
     kind = "bucket"
 
     def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
         super().__init__(name, limits, used_bytes, objects)
         self.stats: Any = None  # this month's counters, owned by stats.StatsBook
         self.account: Account | None = None
+        self.idle = 0  # flush ticks since it last changed (eviction order)
+        # Once evicted: the ledger that will reload it, then the reloaded bucket.
+        self.evicted: Ledger | Bucket | None = None
+
+    def current(self) -> Bucket:
+        """This bucket, or once evicted, the live bucket that replaced it
+        (reloaded from its state file on first use)."""
+        b = self
+        while b.evicted is not None:
+            nxt = b.evicted
+            b = nxt if isinstance(nxt, Bucket) else nxt.lookup_evicted(b)
+        return b
 
 
 class Account(Meter):
@@ -120,23 +133,94 @@ class Ledger:
         self._buckets: dict[bytes, Bucket] = {}
         self.accounts: dict[str, Account] = {}
         self.accounts_dirty = False
+        # Buckets evicted from memory (their state on disk is exact), with the
+        # account that still counts their usage; reloaded by ``loader``.
+        self.evicted: dict[bytes, tuple[Account | None, int, int]] = {}
+        self._stubs: weakref.WeakValueDictionary[bytes, Bucket] = weakref.WeakValueDictionary()
+        self.loader: Callable[[bytes], Bucket] | None = None
 
     # -- membership -------------------------------------------------------
     def add(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0) -> Bucket:
         if name in self._buckets:
             raise KeyError(f"bucket {name!r} already tracked")
+        if name in self.evicted:
+            self._forget_evicted(name)
         bucket = Bucket(name, limits, used_bytes, objects)
         self._buckets[name] = bucket
+        stub = self._stubs.pop(name, None)
+        if stub is not None:
+            stub.evicted = bucket
         for account in self.accounts.values():  # a known member came back (adopted, loaded)
             if name in account.buckets:
                 self._join(bucket, account)
         return bucket
 
     def get(self, name: bytes) -> Bucket | None:
+        """The bucket if it is in memory (see ``lookup``)."""
         return self._buckets.get(name)
+
+    def lookup(self, name: bytes) -> Bucket | None:
+        """The bucket, reloaded first if it was evicted; None if unknown."""
+        bucket = self._buckets.get(name)
+        if bucket is None and name in self.evicted:
+            bucket = self._reload(name)
+        return bucket
+
+    def known(self) -> int:
+        """Buckets tracked, in memory or evicted."""
+        return len(self._buckets) + len(self.evicted)
+
+    # -- eviction -------------------------------------------------------------
+    def evict(self, bucket: Bucket) -> None:
+        """Drop a clean bucket from memory: its state file must hold exactly its
+        usage.  Its account keeps counting it; nodes still holding the object
+        find the reloaded bucket through ``Bucket.current``."""
+        del self._buckets[bucket.name]
+        self.evicted[bucket.name] = (bucket.account, bucket.used_bytes, bucket.objects)
+        bucket.evicted = self
+        self._stubs[bucket.name] = bucket
+
+    def lookup_evicted(self, stub: Bucket) -> Bucket:
+        return self._buckets.get(stub.name) or self._reload(stub.name)
+
+    def _reload(self, name: bytes) -> Bucket:
+        assert self.loader is not None, "evicted buckets need a loader"
+        bucket = self.loader(name)
+        stub = self._stubs.pop(name, None)
+        if stub is not None:
+            stub.evicted = bucket
+        return bucket
+
+    def readmit(self, name: bytes, limits: Limits, used_bytes: int, objects: int) -> Bucket:
+        """Bring an evicted bucket back with the usage its state file holds."""
+        account, old_bytes, old_objects = self.evicted.pop(name)
+        bucket = Bucket(name, limits, used_bytes, objects)
+        bucket.dirty = (used_bytes, objects) != (old_bytes, old_objects)
+        self._buckets[name] = bucket
+        if self._still_counts(account, name):
+            bucket.account = account  # it never stopped counting this bucket
+            self._apply(account, used_bytes - old_bytes, objects - old_objects)  # type: ignore[arg-type]
+        else:
+            for other in self.accounts.values():
+                if name in other.buckets:
+                    self._join(bucket, other)
+        return bucket
+
+    def _still_counts(self, account: Account | None, name: bytes) -> bool:
+        return (account is not None and self.accounts.get(account.name) is account
+                and name in account.buckets)
+
+    def _forget_evicted(self, name: bytes) -> None:
+        """An evicted bucket comes back by another path (a scan): its account
+        stops counting the usage recorded at eviction."""
+        account, old_bytes, old_objects = self.evicted.pop(name)
+        if self._still_counts(account, name):
+            self._apply(account, -old_bytes, -old_objects)  # type: ignore[arg-type]
 
     def remove(self, name: bytes) -> Bucket:
         """A deleted bucket: gone from its account at once."""
+        if name in self.evicted:
+            self._reload(name)
         bucket = self._buckets.pop(name)
         if bucket.account is not None:
             self.assign(bucket, None)

@@ -29,10 +29,12 @@ STATES = ("ok", "soft", "hard")
 
 
 class LedgerCollector(Collector):
-    def __init__(self, ledger: Ledger, store: StateStore, reconcile: object) -> None:
+    def __init__(self, ledger: Ledger, store: StateStore, reconcile: object,
+                 fs: object | None = None) -> None:
         self.ledger = ledger
         self.store = store
         self.reconcile = reconcile  # the Control, for its last report
+        self.fs = fs  # the IronFS, for the sizes of its tables
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         buckets = list(self.ledger)
@@ -88,6 +90,16 @@ class LedgerCollector(Collector):
         yield from extra.values()
 
     def _housekeeping(self) -> Iterator[GaugeMetricFamily]:
+        buckets = GaugeMetricFamily("ironfs_buckets", "Buckets tracked, in memory or evicted "
+                                    "(bucket_cache)", labels=["where"])
+        buckets.add_metric(["memory"], len(self.ledger))
+        buckets.add_metric(["evicted"], len(self.ledger.evicted))
+        yield buckets
+        if self.fs is not None:
+            yield GaugeMetricFamily("ironfs_inodes", "Inodes the daemon tracks for the kernel",
+                                    value=len(self.fs.inodes))  # type: ignore[attr-defined]
+            yield GaugeMetricFamily("ironfs_open_files", "Open file handles",
+                                    value=len(self.fs.handles))  # type: ignore[attr-defined]
         yield GaugeMetricFamily("ironfs_flush_duration_seconds", "Duration of the last flush",
                                 value=self.store.last_flush_seconds)
         yield GaugeMetricFamily("ironfs_last_flush_timestamp_seconds", "When the last flush ended",

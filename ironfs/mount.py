@@ -8,6 +8,7 @@ clean-shutdown marker.  Anything else (a bug, SIGKILL) leaves the mount dead
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from contextlib import ExitStack
 import pyfuse3
 import trio
 
-from .catalog import load_account_file, load_buckets
+from .catalog import load_account_file, load_buckets, reload_bucket
 from .config import Config, ConfigError, is_fuse_mount
 from .fs import IronFS
 from .ledger import Ledger
@@ -35,8 +36,10 @@ def fuse_options(cfg: Config) -> set[str]:
             *cfg.kernel_options}
 
 
-async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: float) -> None:
-    """Write dirty state every *interval* seconds; a failure is retried next tick."""
+async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: float,
+                   bucket_cache: int | None) -> None:
+    """Write dirty state every *interval* seconds; a failure is retried next tick.
+    Then drop idle buckets beyond *bucket_cache* from memory."""
     while True:
         await trio.sleep(interval)
         ops.commit_heads()
@@ -44,6 +47,8 @@ async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: f
         if items:
             failed = await trio.to_thread.run_sync(store.write, items)
             store.redirty(failed)
+        if bucket_cache is not None:
+            store.evict_idle(bucket_cache)
         if metrics.path is not None:
             await trio.to_thread.run_sync(metrics.write_file)
 
@@ -76,12 +81,12 @@ async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
     st = await trio.to_thread.run_sync(os.stat, mountpoint)
     raise_read_ahead(st.st_dev)
     log.info("mount is answering")
-    notify(f"READY=1\nSTATUS=serving {len(ledger)} buckets")
+    notify(f"READY=1\nSTATUS=serving {ledger.known()} buckets")
 
 
 async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval)
+        nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval, cfg.bucket_cache)
         nursery.start_soon(_stop_on_signal)
         nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
@@ -105,10 +110,11 @@ def run(cfg: Config) -> None:
         book = StatsBook()
         load_buckets(cfg, ledger, book, trust_usage=clean and not cfg.force_rescan)
         load_account_file(cfg, ledger)
+        ledger.loader = functools.partial(reload_bucket, cfg, ledger, book)
         store = StateStore(cfg.backing, ledger, book)
         ops = IronFS(cfg, ledger, store)
         try:
-            metrics = Metrics(LedgerCollector(ledger, store, ops.control),
+            metrics = Metrics(LedgerCollector(ledger, store, ops.control, ops),
                               cfg.metrics_address, cfg.metrics_file)
         except OSError as e:
             raise ConfigError(f"metrics: cannot listen on {cfg.metrics_address}: {e.strerror}") from None

@@ -59,10 +59,14 @@ class StateStore:
         now = utc_now()
         items: list[Item] = []
         for bucket in self.ledger:
+            counters = self.book.current(bucket)  # closes out a finished month
+            if bucket.dirty or counters.dirty:
+                bucket.idle = 0
+            else:
+                bucket.idle += 1
             if bucket.dirty:
                 bucket.dirty = False
                 items.append(Item(bucket, bucket.name, quota_json(bucket, now)))
-            counters = self.book.current(bucket)  # closes out a finished month
             if counters.dirty:
                 counters.dirty = False
                 items.append(Item(bucket, bucket.name, stats_json(counters.as_dict(), now), counters))
@@ -111,6 +115,22 @@ class StateStore:
                 item.counters.dirty = True
             else:
                 self.book.closed.append((bucket, item.counters))
+
+    def evict_idle(self, keep: int) -> int:
+        """Drop the least recently active buckets until at most *keep* are in
+        memory (trio thread, after a flush).  Only buckets whose state on disk
+        is exact qualify: nothing changed since their last successful write."""
+        excess = len(self.ledger) - keep
+        if excess <= 0:
+            return 0
+        owed = {id(b) for b, _ in self.book.closed}
+        idle = [b for b in self.ledger
+                if not b.dirty and not b.stats.dirty and id(b) not in owed
+                and b.name not in self._failing]
+        idle.sort(key=lambda b: b.idle, reverse=True)
+        for bucket in idle[:excess]:
+            self.ledger.evict(bucket)
+        return min(excess, len(idle))
 
     def flush_now(self) -> bool:
         """Synchronous flush of everything changed; True if all of it was written."""

@@ -47,12 +47,23 @@ class StatsBook:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.closed: list[tuple[Bucket, MonthCounters]] = []
+        self._month: tuple[float, str, float] = (0.0, "", 0.0)  # start, name, end
+
+    def _month_at(self, now: float) -> tuple[str, float]:
+        """month_of(now), sharing one name and one end among all buckets."""
+        start, name, until = self._month
+        if not start <= now < until:
+            name, until = month_of(now)
+            d = datetime.fromtimestamp(now, UTC)
+            start = datetime(d.year, d.month, 1, tzinfo=UTC).timestamp()
+            self._month = (start, name, until)
+        return name, until
 
     def attach(self, bucket: Bucket, values: list[int] | None = None,
                month: str | None = None) -> MonthCounters:
         """Give *bucket* counters for the current month (continuing *values*
         if they were loaded for that month)."""
-        current, until = month_of(self.clock())
+        current, until = self._month_at(self.clock())
         counters = MonthCounters(current, until, values if month == current else None)
         bucket.stats = counters
         return counters

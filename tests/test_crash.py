@@ -29,7 +29,8 @@ def state_files(backing: Path) -> list[Path]:
     found = list((backing / ".ironfs").glob("*.json"))
     for bucket in BUCKETS:
         found += [backing / bucket / ".quota"] + list((backing / bucket / ".stats").glob("*.json"))
-    return [p for p in found if p.exists()]
+    # Temp files of an interrupted write (.ironfs-tmp*) are not state files.
+    return [p for p in found if p.exists() and not p.name.startswith(STATE_PREFIX.decode() + "-tmp")]
 
 
 def assert_state_whole(backing: Path) -> None:

@@ -190,3 +190,98 @@ def test_set_usage_moves_the_account_too() -> None:
     ledger.assign(a, acct)
     ledger.set_usage(a, 25, 3)
     assert (a.used_bytes, a.objects, acct.used_bytes, acct.objects) == (25, 3, 25, 3)
+
+
+class Disk:
+    """Stands in for the .quota files: what a flush wrote, what a reload reads."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.files: dict[bytes, tuple[Limits, int, int]] = {}
+        self.reloads = 0
+        ledger.loader = self.load
+
+    def flush(self, bucket) -> None:
+        self.files[bucket.name] = (bucket.limits, bucket.used_bytes, bucket.objects)
+        bucket.dirty = False
+
+    def load(self, name: bytes):
+        self.reloads += 1
+        limits, used, objects = self.files[name]
+        return self.ledger.readmit(name, limits, used, objects)
+
+
+def test_an_evicted_bucket_reloads_exactly_and_old_references_follow() -> None:
+    ledger = Ledger()
+    disk = Disk(ledger)
+    b = ledger.add(b"b", Limits(max_bytes=100))
+    acct = ledger.add_account("acme", Limits(max_bytes=150))
+    ledger.assign(b, acct)
+    ledger.charge(b, 60, 2)
+    disk.flush(b)
+    ledger.evict(b)
+    assert ledger.get(b"b") is None and len(ledger) == 0 and ledger.known() == 1
+    assert acct.used_bytes == 60  # the account keeps counting it
+    live = b.current()  # a node still holding the old object
+    assert live is not b and live is ledger.get(b"b") and disk.reloads == 1
+    assert (live.used_bytes, live.objects, live.limits.max_bytes, live.account) == (60, 2, 100, acct)
+    assert b.current() is live and ledger.lookup(b"b") is live and disk.reloads == 1
+    with pytest.raises(QuotaExceeded):
+        ledger.charge(live, 41)
+    ledger.charge(live, 40)
+    assert acct.used_bytes == 100
+
+
+def test_an_evicted_bucket_renamed_after_reload_is_followed() -> None:
+    ledger = Ledger()
+    disk = Disk(ledger)
+    b = ledger.add(b"b", Limits(max_bytes=100))
+    ledger.charge(b, 10)
+    disk.flush(b)
+    ledger.evict(b)
+    ledger.lookup(b"b")  # what the rename handler does first
+    ledger.rename(b"b", b"c")
+    assert b.current() is ledger.get(b"c") and b.current().used_bytes == 10
+
+
+def test_account_changes_while_evicted() -> None:
+    ledger = Ledger()
+    disk = Disk(ledger)
+    b = ledger.add(b"b", Limits(max_bytes=None))
+    old = ledger.add_account("old", Limits(max_bytes=None))
+    ledger.assign(b, old)
+    ledger.charge(b, 70, 1)
+    disk.flush(b)
+    ledger.evict(b)
+    ledger.remove_account("old")
+    new = ledger.add_account("new", Limits(max_bytes=None))
+    new.buckets.add(b"b")  # listed by name, as accounts.json does
+    live = ledger.lookup(b"b")
+    assert live.account is new and new.used_bytes == 70 and new.objects == 1
+
+
+def test_a_scan_replacing_an_evicted_bucket_does_not_count_twice() -> None:
+    ledger = Ledger()
+    disk = Disk(ledger)
+    b = ledger.add(b"b", Limits(max_bytes=None))
+    acct = ledger.add_account("acme", Limits(max_bytes=None))
+    ledger.assign(b, acct)
+    ledger.charge(b, 50, 1)
+    disk.flush(b)
+    ledger.evict(b)
+    fresh = ledger.add(b"b", Limits(max_bytes=None), 80, 2)  # adopted by a scan instead
+    assert acct.used_bytes == 80 and acct.objects == 2 and b.current() is fresh
+    assert not ledger.evicted
+
+
+def test_removing_an_evicted_bucket_frees_its_account() -> None:
+    ledger = Ledger()
+    disk = Disk(ledger)
+    b = ledger.add(b"b", Limits(max_bytes=None))
+    acct = ledger.add_account("acme", Limits(max_bytes=None))
+    ledger.assign(b, acct)
+    ledger.charge(b, 5)
+    disk.flush(b)
+    ledger.evict(b)
+    ledger.remove(b"b")
+    assert acct.used_bytes == 0 and ledger.known() == 0

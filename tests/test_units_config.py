@@ -43,7 +43,7 @@ def test_split_options() -> None:
 def test_environment_then_options_win() -> None:
     env = {"BUCKET_QUOTA_BYTES": "1M", "QUOTA_FLUSH_INTERVAL_MS": "250", "QUOTA_CACHE_MAX_SIZE": "9"}
     cfg = build_config("/b", "/m", [], env)
-    assert (cfg.bucket_max_bytes, cfg.flush_interval, cfg.max_buckets) == (1 << 20, 0.25, 9)
+    assert (cfg.bucket_max_bytes, cfg.flush_interval, cfg.bucket_cache) == (1 << 20, 0.25, 9)
     cfg = build_config("/b", "/m", ["bucket_quota_bytes=2M,flush_interval_ms=5000"], env)
     assert (cfg.bucket_max_bytes, cfg.flush_interval) == (2 << 20, 5.0)
 
