@@ -330,3 +330,24 @@ def test_deep_tree_of_one_thousand_levels(mount: Mount, bucket: str, bpath: Path
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_fallocate_is_unsupported_and_posix_fallocate_is_charged(mount: Mount, bucket: str,
+                                                                 bpath: Path) -> None:
+    """pyfuse3 has no FALLOCATE handler, so the kernel answers EOPNOTSUPP;
+    glibc's posix_fallocate then writes the range, and that is charged."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(bpath / "pre", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        assert libc.fallocate(fd, 0, ctypes.c_long(0), ctypes.c_long(4096)) == -1
+        assert ctypes.get_errno() == errno.EOPNOTSUPP
+        os.posix_fallocate(fd, 0, 100_000)
+        assert os.fstat(fd).st_size == 100_000
+        assert ledger(mount.mnt, bucket) == (100_000, 1)
+        with pytest.raises(OSError) as info:
+            os.posix_fallocate(fd, 0, 2 * MiB)
+        assert info.value.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    assert_invariant(mount, bucket)
