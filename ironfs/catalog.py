@@ -100,7 +100,7 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
                  show_progress: bool = True) -> None:
     """Fill *ledger* with every bucket of the backing root before serving."""
     started = time.monotonic()
-    to_scan: dict[bytes, Limits] = {}
+    to_scan: dict[bytes, tuple[Limits, QuotaRecord | None]] = {}
     if not trust_usage:
         _remove_unfinished(cfg.backing, state_dir(cfg.backing))
     for name in bucket_names(cfg.backing):
@@ -114,12 +114,17 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
             bucket = ledger.add(name, record.limits, record.used_bytes, record.objects)
             bucket.dirty = False
         else:
-            to_scan[name] = record.limits if record is not None else default_limits(cfg)
+            to_scan[name] = (record.limits if record is not None else default_limits(cfg), record)
     if to_scan:
         log.info("scanning %d bucket(s)", len(to_scan))
 
     def done(name: bytes, usage: Usage) -> None:
-        ledger.add(name, to_scan[name], usage.used_bytes, usage.objects)
+        limits, record = to_scan[name]
+        bucket = ledger.add(name, limits, usage.used_bytes, usage.objects)
+        # A .quota that already says what the scan found needs no rewrite: a
+        # restart after a crash rewrites only the buckets that changed.
+        bucket.dirty = record is None or (record.used_bytes, record.objects) != (
+            usage.used_bytes, usage.objects)
 
     scan_buckets(cfg.backing, to_scan, cfg.profile, workers=cfg.scan_workers,
                  show_progress=show_progress, on_done=done)

@@ -9,6 +9,7 @@ I/O fails.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,27 @@ class Limits:
     soft_bytes: int | None = None  # None: DEFAULT_SOFT_FRACTION of max_bytes
 
 
+@functools.lru_cache(maxsize=4096)
+def _shared(limits: Limits) -> Limits:
+    """The first of equal Limits seen: buckets loaded from their own .quota
+    files share one instance (and its ints) instead of one each."""
+    return limits
+
+
+@functools.lru_cache(maxsize=4096)
+def _thresholds(limits: Limits) -> tuple[int | None, int | None]:
+    """(hard limit, soft limit) in bytes.  Cached: buckets with equal limits
+    share the two int objects (100,000 buckets would hold 200,000 copies)."""
+    hard = None if limits.max_bytes is None else limits.max_bytes + limits.grace_bytes
+    if limits.soft_bytes is not None:
+        soft: int | None = limits.soft_bytes
+    elif limits.max_bytes is not None:
+        soft = int(limits.max_bytes * DEFAULT_SOFT_FRACTION)
+    else:
+        soft = None
+    return hard, soft
+
+
 class Meter:
     """Usage against limits: what buckets and accounts have in common."""
 
@@ -61,18 +83,9 @@ class Meter:
         self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
 
     def set_limits(self, limits: Limits) -> None:
-        self.limits = limits
+        self.limits = _shared(limits)
         self.dirty = True
-        if limits.max_bytes is None:
-            self.hard_bytes: int | None = None
-        else:
-            self.hard_bytes = limits.max_bytes + limits.grace_bytes
-        if limits.soft_bytes is not None:
-            self.soft_limit: int | None = limits.soft_bytes
-        elif limits.max_bytes is not None:
-            self.soft_limit = int(limits.max_bytes * DEFAULT_SOFT_FRACTION)
-        else:
-            self.soft_limit = None
+        self.hard_bytes, self.soft_limit = _thresholds(limits)
 
     @property
     def display_name(self) -> str:

@@ -179,7 +179,10 @@ def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
     for i, name in enumerate(names):
         first = _scan_dir(os.path.join(root, name), False, True, profile)
         subdirs = first.subdirs or []
-        totals.append([first.used_bytes, first.objects, dict(first.linked or ()), len(subdirs)])
+        # No dict per bucket unless it has hard links: 10^5 empty ones would
+        # stay in the daemon's heap as fragmentation after the scan.
+        totals.append([first.used_bytes, first.objects, dict(first.linked) if first.linked else None,
+                       len(subdirs)])
         units.extend((i, path, hidden) for path, hidden in subdirs)
         if progress is not None:
             progress.add(first.files)
@@ -187,7 +190,7 @@ def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
 
     def finish(i: int) -> None:
         used, objects, linked, _ = totals[i]
-        usage = results[names[i]] = Usage(used + sum(linked.values()), objects)
+        usage = results[names[i]] = Usage(used + sum(linked.values()) if linked else used, objects)
         if progress is not None:
             progress.bucket_done()
         if on_done is not None:
@@ -197,7 +200,10 @@ def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
         t = totals[i]
         t[0] += part[0]
         t[1] += part[1]
-        t[2].update(part[3])
+        if part[3]:
+            if t[2] is None:
+                t[2] = {}
+            t[2].update(part[3])
         t[3] -= 1
         if progress is not None:
             progress.add(part[2])

@@ -38,6 +38,31 @@ def test_memory_per_tracked_bucket_at_100k() -> None:
     assert bucket_memory(100_000) < 512
 
 
+def test_daemon_memory_per_bucket_with_100k_buckets(tmp_path: Path) -> None:
+    """RSS of a daemon serving 100,000 buckets (after a clean restart, so usage
+    comes from .quota) against one serving none, in the same run."""
+    n = 100_000
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    for i in range(n):
+        os.mkdir(backing / f"bucket-{i:06d}")
+    options = ["flush_interval_ms=3600000"]
+    start_mount(backing, tmp_path / "s3", options=options).stop()  # scan, write every .quota
+    empty = start_mount(tmp_path / "empty", tmp_path / "s3-empty", options=options)
+    try:
+        m = start_mount(backing, tmp_path / "s3", options=options)
+        try:
+            time.sleep(0.5)
+            per_bucket = (rss_kib(m.proc.pid) - rss_kib(empty.proc.pid)) * 1024 / n
+            assert int(os.getxattr(m.mnt / "bucket-099999", b"user.ironfs.used_bytes")) == 0
+        finally:
+            m.stop()
+    finally:
+        empty.stop()
+    print(f"daemon RSS per bucket at {n:,} buckets: {per_bucket:.0f} B")
+    assert per_bucket < 512
+
+
 def test_bucket_cache_evicts_idle_buckets_and_reloads_them_exactly(tmp_path: Path) -> None:
     textfile = tmp_path / "metrics.prom"
     options = ["flush_interval_ms=50", "bucket_cache=2", f"metrics_file={textfile}"]
