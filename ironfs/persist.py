@@ -33,8 +33,11 @@ from .stats import MonthCounters, StatsBook
 
 log = logging.getLogger(__name__)
 
-#: A flush of at least this many files is written as one batch (see _write_batch).
-BATCH = 32
+#: A flush of at least this many files is written as one batch (see _write_batch):
+#: after a rescan or at a stop with many buckets changed.  Not lower: syncfs
+#: also pushes out every object's dirty pages, which a steady one-second flush
+#: of a few buckets should not do.
+BATCH = 256
 
 
 @dataclass(slots=True)
@@ -65,6 +68,7 @@ class StateStore:
         self.last_flush_seconds = 0.0
         self.last_flush_at = 0.0  # wall clock, for the metrics
         self._failing: set[bytes] = set()
+        self.batch_from = BATCH
 
     def snapshot(self) -> list[Item]:
         """Payloads of everything changed, marked clean (trio thread only)."""
@@ -94,7 +98,7 @@ class StateStore:
         """Write *items*; returns those that failed (any thread)."""
         started = time.monotonic()
         with self.lock:
-            if len(items) >= BATCH:
+            if len(items) >= self.batch_from:
                 failed = self._write_batch(items)
             else:
                 failed = []

@@ -126,3 +126,53 @@ def test_eio_while_writing_state_keeps_the_old_file(tmp_path: Path, monkeypatch:
     failing["on"] = False
     assert store.flush_now()
     assert orjson.loads((tmp_path / "b" / ".quota").read_bytes())["current_usage_bytes"] == 100
+
+
+def _many_buckets(tmp_path: Path, n: int = 40) -> tuple[Ledger, StatsBook, StateStore, list]:
+    ledger, book = Ledger(), StatsBook()
+    buckets = []
+    for i in range(n):
+        (tmp_path / f"b{i}").mkdir()
+        bucket = ledger.add(f"b{i}".encode(), Limits(max_bytes=None), i, 1)
+        book.attach(bucket)
+        buckets.append(bucket)
+    store = StateStore(os.fsencode(tmp_path), ledger, book)
+    store.batch_from = 32
+    return ledger, book, store, buckets
+
+
+def test_batched_flush_writes_all_but_the_failing_item(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    ledger, book, store, buckets = _many_buckets(tmp_path)
+    (tmp_path / "b7").rmdir()  # deleted behind the flush's back: its write fails
+    with caplog.at_level(logging.WARNING, logger="ironfs.persist"):
+        assert not store.flush_now()
+    assert [r.getMessage() for r in caplog.records] == [
+        "flush of bucket b7 failed: No such file or directory; retrying every tick"]
+    for i in range(40):
+        if i != 7:
+            assert quota(tmp_path, f"b{i}")["current_usage_bytes"] == i
+    assert not list(tmp_path.glob("*/.ironfs-tmp*"))
+    assert buckets[7].dirty and not buckets[8].dirty
+
+
+def test_batched_flush_with_a_failing_sync_keeps_the_old_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger, book, store, buckets = _many_buckets(tmp_path)
+    assert store.flush_now()
+    before = {p: p.read_bytes() for p in tmp_path.glob("*/.quota")}
+    for bucket in buckets:
+        ledger.charge(bucket, 1000)
+
+    def failing_syncfs(path: bytes) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    from ironfs import persist
+    monkeypatch.setattr(persist, "syncfs", failing_syncfs)
+    assert not store.flush_now()
+    assert {p: p.read_bytes() for p in tmp_path.glob("*/.quota")} == before
+    assert not list(tmp_path.glob("*/.ironfs-tmp*"))
+    assert all(b.dirty for b in buckets)
+    monkeypatch.undo()
+    assert store.flush_now()
+    assert quota(tmp_path, "b3")["current_usage_bytes"] == 1003
