@@ -244,15 +244,21 @@ def test_an_evicted_bucket_renamed_after_reload_is_followed() -> None:
     assert b.current() is ledger.get(b"c") and b.current().used_bytes == 10
 
 
-def test_account_changes_while_evicted() -> None:
+def evicted_member(used: int, objects: int, account: str = "acme"):
+    """A ledger with bucket b (used, objects) in *account*, flushed and evicted."""
     ledger = Ledger()
     disk = Disk(ledger)
     b = ledger.add(b"b", Limits(max_bytes=None))
-    old = ledger.add_account("old", Limits(max_bytes=None))
-    ledger.assign(b, old)
-    ledger.charge(b, 70, 1)
+    acct = ledger.add_account(account, Limits(max_bytes=None))
+    ledger.assign(b, acct)
+    ledger.charge(b, used, objects)
     disk.flush(b)
     ledger.evict(b)
+    return ledger, b, acct
+
+
+def test_account_changes_while_evicted() -> None:
+    ledger, b, _ = evicted_member(70, 1, "old")
     ledger.remove_account("old")
     new = ledger.add_account("new", Limits(max_bytes=None))
     new.buckets.add(b"b")  # listed by name, as accounts.json does
@@ -261,27 +267,13 @@ def test_account_changes_while_evicted() -> None:
 
 
 def test_a_scan_replacing_an_evicted_bucket_does_not_count_twice() -> None:
-    ledger = Ledger()
-    disk = Disk(ledger)
-    b = ledger.add(b"b", Limits(max_bytes=None))
-    acct = ledger.add_account("acme", Limits(max_bytes=None))
-    ledger.assign(b, acct)
-    ledger.charge(b, 50, 1)
-    disk.flush(b)
-    ledger.evict(b)
+    ledger, b, acct = evicted_member(50, 1)
     fresh = ledger.add(b"b", Limits(max_bytes=None), 80, 2)  # adopted by a scan instead
     assert acct.used_bytes == 80 and acct.objects == 2 and b.current() is fresh
     assert not ledger.evicted
 
 
 def test_removing_an_evicted_bucket_frees_its_account() -> None:
-    ledger = Ledger()
-    disk = Disk(ledger)
-    b = ledger.add(b"b", Limits(max_bytes=None))
-    acct = ledger.add_account("acme", Limits(max_bytes=None))
-    ledger.assign(b, acct)
-    ledger.charge(b, 5)
-    disk.flush(b)
-    ledger.evict(b)
+    ledger, b, acct = evicted_member(5, 0)
     ledger.remove(b"b")
     assert acct.used_bytes == 0 and ledger.known() == 0
