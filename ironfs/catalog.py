@@ -197,4 +197,5 @@ def reload_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> 
     else:
         bucket = ledger.readmit(name, record.limits, record.used_bytes, record.objects)
     attach_stats(cfg.backing, book, bucket)
+    log.debug("bucket %s reloaded", bucket.display_name)
     return bucket

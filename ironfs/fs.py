@@ -194,7 +194,7 @@ class IronFS(pyfuse3.Operations):
         return e
 
     def _is_bucket_dir(self, node: Node) -> bool:
-        return node.parent is self.root and node.bucket is not None
+        return node.parent is self.root and node.in_bucket
 
     def _is_state_name(self, parent: Node, name: bytes) -> bool:
         if parent is self.root:
@@ -219,8 +219,12 @@ class IronFS(pyfuse3.Operations):
         return parent.bucket, False
 
     def _bucket_named(self, name: bytes) -> Bucket:
-        bucket = self.ledger.lookup(name)
+        """The bucket of a top-level directory; an evicted one stays on disk
+        (a placeholder reloads it on first real use, not on a listing)."""
+        bucket = self.ledger.get(name)
         if bucket is None:
+            if name in self.ledger.evicted:
+                return self.ledger.placeholder(name)
             bucket = adopt_bucket(self.cfg, self.ledger, self.book, name)
         return bucket
 
@@ -273,7 +277,7 @@ class IronFS(pyfuse3.Operations):
         except FileNotFoundError:
             return self._negative()
         node = self._remember(parent, name, st)
-        if node.bucket is not None and stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and node.bucket is not None:
             self._looked_at(node)
         return self._entry(node, st)
 
@@ -285,7 +289,7 @@ class IronFS(pyfuse3.Operations):
     def getattr(self, ino: int, ctx: Any) -> EntryAttributes:
         node = self._node(ino)
         st = self._stat(node)
-        if node.bucket is not None and stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and node.bucket is not None:
             self._looked_at(node)
         return self._entry(node, st)
 

@@ -70,6 +70,12 @@ class Node:
     def bucket(self, bucket: Bucket | None) -> None:
         self._bucket = bucket
 
+    @property
+    def in_bucket(self) -> bool:
+        """Whether the entry is charged to a bucket, without reloading an
+        evicted one."""
+        return self._bucket is not None
+
     def __repr__(self) -> str:
         return f"Node({self.ino}, {self.name!r}, lookups={self.lookups}, open={self.open})"
 

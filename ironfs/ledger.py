@@ -193,6 +193,16 @@ class Ledger:
         bucket.evicted = self
         self._stubs[bucket.name] = bucket
 
+    def placeholder(self, name: bytes) -> Bucket:
+        """A stand-in for the evicted bucket *name* that reloads it on first
+        use (``Bucket.current``): listing the buckets reloads none of them."""
+        stub = self._stubs.get(name)
+        if stub is None:
+            stub = Bucket(name, Limits(max_bytes=None))
+            stub.evicted = self
+            self._stubs[name] = stub
+        return stub
+
     def lookup_evicted(self, stub: Bucket) -> Bucket:
         return self._buckets.get(stub.name) or self._reload(stub.name)
 

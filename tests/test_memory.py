@@ -78,6 +78,12 @@ def test_bucket_cache_evicts_idle_buckets_and_reloads_them_exactly(tmp_path: Pat
                     json.dumps({"max_bytes": 6000, "buckets": ["b1", "b2"]}).encode())
         wait_for(lambda: metric(textfile, "ironfs_buckets", '{where="evicted"}') == 4)
         assert metric(textfile, "ironfs_buckets", '{where="memory"}') == 2
+        # Listing and stat'ing the buckets (S3 ListBuckets/HeadBucket) reloads none.
+        reloads = m.log_text().count(" reloaded")
+        assert sorted(os.listdir(m.mnt)) == names
+        for name in names:
+            assert os.stat(m.mnt / name).st_nlink >= 2
+        assert m.log_text().count(" reloaded") == reloads
         # The account still counts its evicted members, and enforces on them.
         acct = json.loads(os.getxattr(m.mnt, b"user.ironfs.account.acme"))
         assert acct["used_bytes"] == 5000
