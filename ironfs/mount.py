@@ -78,7 +78,9 @@ def raise_read_ahead(st_dev: int) -> None:
 
 async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
     """Tell systemd we are ready once the mount answers a request."""
-    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    # Abandoned if a stop comes first: this stat may then wait on our own
+    # mount until the unmount aborts it, and must not hold the stop up.
+    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     raise_read_ahead(st.st_dev)
     log.info("mount is answering")
     notify(f"READY=1\nSTATUS=serving {ledger.known()} buckets")

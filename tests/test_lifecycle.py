@@ -280,3 +280,16 @@ def test_stop_with_an_unlinked_file_still_open_gives_its_bytes_back(tmp_path: Pa
         clear_mount(m.mnt)
     q = quota_file(m.backing, "b")
     assert (q["current_usage_bytes"], q["object_count"]) == scan(m.backing, "b") == (100, 1)
+
+
+def test_stop_right_after_mounting_never_hangs(tmp_path: Path) -> None:
+    """SIGTERM while the readiness probe's stat of the mount is still in flight:
+    the probe is abandoned, the daemon stops cleanly (it once hung here)."""
+    for i in range(10):
+        m = start_mount(tmp_path / f"backing{i}", tmp_path / f"s3-{i}")
+        try:
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(10) == 0
+        finally:
+            m.stop()
+        assert not is_fuse_mount(os.fsencode(m.mnt))
