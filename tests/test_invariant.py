@@ -41,13 +41,18 @@ OPS = st.one_of(
     st.tuples(st.just("open"), slot, place, st.booleans()),
     st.tuples(st.just("fdwrite"), slot, size),
     st.tuples(st.just("close"), slot),
+    st.tuples(st.just("pause")),
 )
 
 
-@pytest.fixture(scope="module")
-def mnt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+@pytest.fixture(scope="module", params=["plain", "evicting"])
+def mnt(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Mount]:
+    """As configured by default, and with a one-bucket cache flushed every 10 ms
+    (buckets evicted and reloaded in the middle of the sequences)."""
     base = tmp_path_factory.mktemp("inv")
-    m = start_mount(base / "backing", base / "s3", env={"BUCKET_QUOTA_BYTES": str(LIMIT)})
+    options = ["bucket_cache=1", "flush_interval_ms=10"] if request.param == "evicting" else []
+    m = start_mount(base / "backing", base / "s3", options=options,
+                    env={"BUCKET_QUOTA_BYTES": str(LIMIT)})
     try:
         yield m
     finally:
@@ -112,6 +117,9 @@ class Run:
     def op_fdwrite(self, slot: int, n: int) -> None:
         if slot in self.fds:
             os.write(self.fds[slot], b"f" * n)
+
+    def op_pause(self) -> None:
+        time.sleep(0.03)  # a few flushes: idle buckets are evicted
 
     def op_close(self, slot: int) -> None:
         fd = self.fds.pop(slot, None)
