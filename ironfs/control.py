@@ -220,6 +220,8 @@ class Control:
                 raise ControlError(errno.ENOENT, f"no bucket {only!r}")
             buckets = [bucket]
         else:
+            for name in list(self.ledger.evicted):  # every bucket, not only those in memory
+                self.ledger.lookup(name)
             buckets = list(self.ledger)
         report = reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
                            fix=mode == "fix", pending=self.pending(),

@@ -101,6 +101,15 @@ def test_bucket_cache_evicts_idle_buckets_and_reloads_them_exactly(tmp_path: Pat
         assert_invariant(m, "b0", "b1", "b2", "b3-renamed", "b4")
         acct = json.loads(os.getxattr(m.mnt, b"user.ironfs.account.acme"))
         assert acct["used_bytes"] == scan(m.backing, "b1")[0] + scan(m.backing, "b2")[0] == 6000
+        # A reconcile of everything covers the evicted buckets too.
+        wait_for(lambda: metric(textfile, "ironfs_buckets", '{where="evicted"}') == 3)
+        (m.backing / "b4" / "behind").write_bytes(b"q" * 700)
+        os.setxattr(m.mnt, b"user.ironfs.reconcile", b"fix")
+        report = json.loads(os.getxattr(m.mnt, b"user.ironfs.reconcile"))
+        rows = {row["bucket"]: row for row in report["buckets"]}
+        assert set(rows) == {"b0", "b1", "b2", "b3-renamed", "b4"}
+        assert (rows["b4"]["drift_bytes"], rows["b4"]["drift_objects"]) == (700, 1)
+        assert ledger(m.mnt, "b4") == scan(m.backing, "b4") == (5700, 2)
     finally:
         assert m.stop() == 0
     m = start_mount(tmp_path / "backing", tmp_path / "s3")
