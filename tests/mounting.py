@@ -18,6 +18,13 @@ from ironfs.rules import PROFILES
 from ironfs.scanner import Usage, scan_tree
 
 
+def unavailable(msg: str) -> None:
+    """Skip on a developer machine; fail in CI, where everything must run."""
+    if os.environ.get("CI"):
+        pytest.fail(msg + " (CI must run every test)")
+    pytest.skip(msg)
+
+
 def require_fuse() -> None:
     """Skip without FUSE on a developer machine; fail in CI, where it must work."""
     missing = [what for what, ok in (("/dev/fuse", os.path.exists("/dev/fuse")),

@@ -22,7 +22,7 @@ from ironfs import state
 from ironfs.ledger import Ledger, Limits
 from ironfs.persist import StateStore
 from ironfs.stats import PUT, StatsBook
-from tests.mounting import assert_invariant, start_mount
+from tests.mounting import assert_invariant, start_mount, unavailable
 
 
 def quota(backing: Path, bucket: str) -> dict:
@@ -39,7 +39,7 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        unavailable("mounting a tmpfs needs root")
     where = tmp_path / "tmpfs"
     where.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], check=True)

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ironfs.config import is_fuse_mount
 from ironfs.logs import JournalFormatter
-from tests.mounting import clear_mount, ledger, require_fuse, start_mount
+from tests.mounting import clear_mount, ledger, require_fuse, start_mount, unavailable
 from tests.s3server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +64,7 @@ def test_mount_helper_and_fstab(tmp_path: Path) -> None:
     require_fuse()
     helper = Path("/sbin/mount.fuse.ironfs")
     if os.geteuid() != 0 or helper.exists():
-        pytest.skip("needs root and no installed helper")  # CI runs as root on a fresh machine
+        unavailable("needs root and no installed /sbin/mount.fuse.ironfs")
     backing, mnt = tmp_path / "backing", tmp_path / "s3"
     backing.mkdir()
     mnt.mkdir()
