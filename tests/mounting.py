@@ -31,10 +31,7 @@ def require_fuse() -> None:
                                      ("fusermount3", shutil.which("fusermount3")))
                if not ok]
     if missing:
-        msg = f"FUSE is not available here (missing: {', '.join(missing)})"
-        if os.environ.get("CI"):
-            pytest.fail(msg + "; CI must be able to mount")
-        pytest.skip(msg)
+        unavailable(f"FUSE is not available here (missing: {', '.join(missing)})")
 
 
 class Mount:

@@ -28,9 +28,7 @@ UNITS = ["ironfs@.service", "ironfs-reconcile@.service", "ironfs-reconcile@.time
 def test_systemd_units_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        if os.environ.get("CI"):
-            pytest.fail("systemd-analyze is missing (Debian package systemd)")
-        pytest.skip("systemd-analyze is not installed")
+        unavailable("systemd-analyze is not installed (Debian package systemd)")
     ironfs = shutil.which("ironfs") or str(Path(sys.executable).parent / "ironfs")
     for unit in UNITS:
         text = (REPO / "systemd" / unit).read_text().replace("/usr/local/bin/ironfs", ironfs)
