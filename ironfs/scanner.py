@@ -118,10 +118,12 @@ class _Anchor:
     __slots__ = ("fd",)
 
     def __init__(self, path: bytes) -> None:
+        self.fd = -1
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile
