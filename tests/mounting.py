@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ironfs.config import is_fuse_mount
@@ -115,3 +116,15 @@ def expect_errno(code: int, fn, *args, **kwargs) -> None:
         fn(*args, **kwargs)
     assert info.value.errno == code, (
         f"expected {errno.errorcode[code]}, got {errno.errorcode.get(info.value.errno)}")
+
+
+def quota_file(backing: Path, bucket: str) -> dict:
+    """The bucket's .quota as written on the backing side."""
+    return orjson.loads((backing / bucket / ".quota").read_bytes())
+
+
+def wait_for(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -22,18 +22,7 @@ from ironfs import state
 from ironfs.ledger import Ledger, Limits
 from ironfs.persist import StateStore
 from ironfs.stats import PUT, StatsBook
-from tests.mounting import assert_invariant, start_mount, unavailable
-
-
-def quota(backing: Path, bucket: str) -> dict:
-    return orjson.loads((backing / bucket / ".quota").read_bytes())
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+from tests.mounting import assert_invariant, quota_file, start_mount, unavailable, wait_for
 
 
 @pytest.fixture
@@ -66,7 +55,7 @@ def test_full_backing_disk_fails_flushes_not_requests(small_fs: Path, tmp_path: 
         (m.mnt / "b").mkdir()
         (m.mnt / "b" / "obj").write_bytes(b"o" * 100_000)
         wait_for(lambda: (backing / "b" / ".quota").exists()
-                 and quota(backing, "b")["current_usage_bytes"] == 100_000)
+                 and quota_file(backing, "b")["current_usage_bytes"] == 100_000)
         before = (backing / "b" / ".quota").read_bytes()
         fill(backing / ".filler")  # the disk is full, behind the mount's back
         (m.mnt / "b" / "empty").touch()  # needs no block, changes the ledger
@@ -86,7 +75,7 @@ def test_full_backing_disk_fails_flushes_not_requests(small_fs: Path, tmp_path: 
         assert_invariant(m, "b")
         (backing / ".filler").unlink()
         wait_for(lambda: "flush of bucket b works again" in m.log_text())
-        wait_for(lambda: quota(backing, "b")["object_count"] == 3)
+        wait_for(lambda: quota_file(backing, "b")["object_count"] == 3)
         assert_invariant(m, "b")
     finally:
         assert m.stop() == 0
@@ -151,7 +140,7 @@ def test_batched_flush_writes_all_but_the_failing_item(tmp_path: Path,
         "flush of bucket b7 failed: No such file or directory; retrying every tick"]
     for i in range(40):
         if i != 7:
-            assert quota(tmp_path, f"b{i}")["current_usage_bytes"] == i
+            assert quota_file(tmp_path, f"b{i}")["current_usage_bytes"] == i
     assert not list(tmp_path.glob("*/.ironfs-tmp*"))
     assert buckets[7].dirty and not buckets[8].dirty
 
@@ -175,4 +164,4 @@ def test_batched_flush_with_a_failing_sync_keeps_the_old_files(
     assert all(b.dirty for b in buckets)
     monkeypatch.undo()
     assert store.flush_now()
-    assert quota(tmp_path, "b3")["current_usage_bytes"] == 1003
+    assert quota_file(tmp_path, "b3")["current_usage_bytes"] == 1003

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from ironfs.config import is_fuse_mount
-from tests.mounting import clear_mount, ledger, require_fuse, scan, start_mount
+from tests.mounting import clear_mount, ledger, quota_file, require_fuse, scan, start_mount
 
 MiB = 1 << 20
 
@@ -25,10 +25,6 @@ def populate(root: Path) -> None:
     (root / "alpha" / ".hidden").write_bytes(b"h" * 500)
     (root / "beta").mkdir()
     (root / "beta" / "obj").write_bytes(b"b" * 7000)
-
-
-def quota_file(backing: Path, bucket: str) -> dict:
-    return orjson.loads((backing / bucket / ".quota").read_bytes())
 
 
 def test_clean_stop_flushes_and_leaves_marker(tmp_path: Path) -> None:

@@ -11,20 +11,13 @@ import time
 from pathlib import Path
 
 from ironfs.bench import bucket_memory
-from tests.mounting import assert_invariant, expect_errno, ledger, scan, start_mount
+from tests.mounting import assert_invariant, expect_errno, ledger, scan, start_mount, wait_for
 
 
 def metric(textfile: Path, name: str, labels: str = "") -> float:
     pattern = re.compile(rf"^{name}{re.escape(labels)} (\S+)$", re.M)
     found = pattern.search(textfile.read_text()) if textfile.exists() else None
     return float(found.group(1)) if found else -1.0
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def rss_kib(pid: int) -> int:
