@@ -53,13 +53,33 @@ async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: f
             await trio.to_thread.run_sync(metrics.write_file)
 
 
-async def _stop_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("%s received: unmounting", signal.Signals(signum).name)
-            notify("STOPPING=1")
-            pyfuse3.terminate()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _hold_stop_signals() -> list[int]:
+    """From the mount on, a stop signal must unmount cleanly, even one that
+    arrives before trio listens (it would kill us and leave the mount dead):
+    record it until then."""
+    early: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda n, _frame: early.append(n))
+    return early
+
+
+async def _stop_on_signal(early: list[int]) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        if early:
+            _stop(early[0])
             return
+        async for signum in signals:
+            _stop(signum)
+            return
+
+
+def _stop(signum: int) -> None:
+    log.info("%s received: unmounting", signal.Signals(signum).name)
+    notify("STOPPING=1")
+    pyfuse3.terminate()
 
 
 READ_AHEAD_KB = 1024
@@ -86,10 +106,11 @@ async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
     notify(f"READY=1\nSTATUS=serving {ledger.known()} buckets")
 
 
-async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics) -> None:
+async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics,
+                 early: list[int]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval, cfg.bucket_cache)
-        nursery.start_soon(_stop_on_signal)
+        nursery.start_soon(_stop_on_signal, early)
         nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
@@ -121,12 +142,13 @@ def run(cfg: Config) -> None:
         except OSError as e:
             raise ConfigError(f"metrics: cannot listen on {cfg.metrics_address}: {e.strerror}") from None
         stack.callback(metrics.close)
+        early = _hold_stop_signals()
         pyfuse3.init(ops, os.fsdecode(cfg.mountpoint), fuse_options(cfg))
         log.info("serving %s at %s (%d buckets, quota %s)", os.fsdecode(cfg.backing),
                  os.fsdecode(cfg.mountpoint), len(ledger), "on" if cfg.enforce else "off")
         stopped_cleanly = False
         try:
-            trio.run(_serve, cfg, ops, store, metrics)
+            trio.run(_serve, cfg, ops, store, metrics, early)
             stopped_cleanly = True
         finally:
             # Unmount only on a clean stop: a crashed daemon must leave the mount
