@@ -16,8 +16,9 @@ run: deps $(VENV)/.installed
 	mkdir -p "$(BACKING)" "$(MOUNTPOINT)"
 	$(VENV)/bin/ironfs "$(BACKING)" "$(MOUNTPOINT)" $(if $(OPTIONS),-o $(OPTIONS))
 
-## Install everything (test extras too) and run the linter and the whole suite.
+## Install everything (test extras too) and run the type checker, the linter and the whole suite.
 test: deps $(VENV)/.installed-test
+	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff check ironfs tests
 	$(VENV)/bin/python -m pytest -q
 

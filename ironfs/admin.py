@@ -21,11 +21,12 @@ import orjson
 from .catalog import add_accounts, attach_stats, bucket_names, default_limits, read_record
 from .config import Config, ConfigError, build_config
 from .control import Control, ControlError
-from .ledger import Ledger
-from .persist import StateStore
+from .ledger import Bucket, Ledger
+from .mountinfo import ironfs_mounts
 from .scanner import scan_tree
-from .state import is_locked, load_accounts, name_from_json, name_to_json, read_lock_holder
+from .state import is_locked, json_object, load_accounts, name_from_json, name_to_json, read_lock_holder
 from .stats import StatsBook
+from .store import StateStore
 from .units import format_size
 
 PREFIX = b"user.ironfs."
@@ -59,25 +60,25 @@ class Online:
     def bucket_path(self, bucket: str) -> bytes:
         return os.path.join(self.root, name_from_json(bucket))
 
-    def buckets(self) -> list[dict]:
+    def buckets(self) -> list[dict[str, Any]]:
         rows = []
         for name in sorted(os.listdir(self.root)):
             path = os.path.join(self.root, name)
             if name.startswith(b".") or not os.path.isdir(path):
                 continue
-            rows.append(orjson.loads(self.get(path, "quota")))
+            rows.append(json_object(self.get(path, "quota")))
         return rows
 
-    def bucket(self, bucket: str) -> dict:
-        return orjson.loads(self.get(self.bucket_path(bucket), "quota"))
+    def bucket(self, bucket: str) -> dict[str, Any]:
+        return json_object(self.get(self.bucket_path(bucket), "quota"))
 
     def set_bucket(self, bucket: str, field: str, value: str) -> None:
         self.set(self.bucket_path(bucket), field, value.encode())
 
-    def accounts(self) -> dict:
-        return orjson.loads(self.get(self.root, "accounts"))
+    def accounts(self) -> dict[str, Any]:
+        return json_object(self.get(self.root, "accounts"))
 
-    def set_account(self, name: str, doc: dict) -> None:
+    def set_account(self, name: str, doc: dict[str, Any]) -> None:
         self.set(self.root, f"account.{name}", orjson.dumps(doc))
 
     def delete_account(self, name: str) -> None:
@@ -86,10 +87,10 @@ class Online:
         except OSError as e:
             raise AdminError(_why(e, f"account {name}")) from None
 
-    def reconcile(self, bucket: str | None, fix: bool) -> dict:
+    def reconcile(self, bucket: str | None, fix: bool) -> dict[str, Any]:
         request = ("fix" if fix else "check") + (f":{bucket}" if bucket else "")
         self.set(self.root, "reconcile", request.encode())
-        return orjson.loads(self.get(self.root, "reconcile"))
+        return json_object(self.get(self.root, "reconcile"))
 
     def commit(self) -> None:
         pass  # the daemon flushes
@@ -131,34 +132,36 @@ class Offline:
         except ControlError as e:
             raise AdminError(str(e)) from None
 
-    def _bucket(self, bucket: str):
+    def _bucket(self, bucket: str) -> Bucket:
         b = self.ledger.get(name_from_json(bucket))
         if b is None:
             raise AdminError(f"no bucket {bucket!r}")
         return b
 
-    def buckets(self) -> list[dict]:
-        return [orjson.loads(self.control.get_bucket(b, "quota")) for b in self.ledger]
+    def buckets(self) -> list[dict[str, Any]]:
+        return [json_object(self.control.get_bucket(b, "quota")) for b in self.ledger]
 
-    def bucket(self, bucket: str) -> dict:
-        return orjson.loads(self.control.get_bucket(self._bucket(bucket), "quota"))
+    def bucket(self, bucket: str) -> dict[str, Any]:
+        return json_object(self.control.get_bucket(self._bucket(bucket), "quota"))
 
     def set_bucket(self, bucket: str, field: str, value: str) -> None:
         self._call(self.control.set_bucket, self._bucket(bucket), field, value.encode(), 0)
 
-    def accounts(self) -> dict:
-        return orjson.loads(self.control.get_root("accounts"))
+    def accounts(self) -> dict[str, Any]:
+        return json_object(self.control.get_root("accounts"))
 
-    def set_account(self, name: str, doc: dict) -> None:
+    def set_account(self, name: str, doc: dict[str, Any]) -> None:
         self._call(self.control.set_root, f"account.{name}", orjson.dumps(doc), 0)
 
     def delete_account(self, name: str) -> None:
         self._call(self.control.remove_root, f"account.{name}", 0)
 
-    def reconcile(self, bucket: str | None, fix: bool) -> dict:
+    def reconcile(self, bucket: str | None, fix: bool) -> dict[str, Any]:
         request = ("fix" if fix else "check") + (f":{bucket}" if bucket else "")
         self._call(self.control.set_root, "reconcile", request.encode(), 0)
-        return self.control.last_reconcile  # type: ignore[return-value]
+        report = self.control.last_reconcile
+        assert report is not None, "set by the reconcile that just ran"
+        return report
 
     def commit(self) -> None:
         if not self.store.flush_now():
@@ -175,16 +178,6 @@ def _why(e: OSError, what: str) -> str:
     return f"{what}: {e.strerror}"
 
 
-def ironfs_mounts() -> list[str]:
-    mounts = []
-    with open("/proc/self/mountinfo", "rb") as f:
-        for line in f:
-            left, _, right = line.partition(b" - ")
-            if right.split(b" ", 1)[0] == b"fuse.ironfs":
-                mounts.append(os.fsdecode(left.split()[4]).replace("\\040", " "))
-    return mounts
-
-
 def open_target(args: argparse.Namespace) -> Online | Offline:
     if args.backing:
         try:
@@ -198,7 +191,7 @@ def open_target(args: argparse.Namespace) -> Online | Offline:
         if len(mounts) != 1:
             raise AdminError(f"name the mount point (found {len(mounts)} ironfs mounts), "
                              "or use --backing DIR")
-        mount = mounts[0]
+        mount = os.fsdecode(mounts[0])
     try:
         os.getxattr(mount, PREFIX + b"accounts")
     except OSError:
@@ -224,14 +217,14 @@ def pct(used: int, limit: int | None) -> str:
     return "-" if not limit else f"{100 * used / limit:.1f}%"
 
 
-def columns(lines: list[tuple[str, ...]]) -> str:
+def columns(lines: Sequence[tuple[str, ...]]) -> str:
     """Left-aligned columns, two spaces apart."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
 
 
-def report_table(rows: list[dict]) -> str:
+def report_table(rows: list[dict[str, Any]]) -> str:
     head = ("bucket", "account", "used", "soft", "hard", "grace", "objects", "max obj", "% used",
             "state")
     lines = [head]
@@ -244,7 +237,7 @@ def report_table(rows: list[dict]) -> str:
     return columns(lines)
 
 
-def account_table(accounts: dict) -> str:
+def account_table(accounts: dict[str, Any]) -> str:
     lines = [("account", "used", "max", "objects", "max obj", "% used", "state", "buckets")]
     for name, a in accounts.items():
         lines.append((name, format_size(a["used_bytes"]), format_size(a["max_bytes"]),
@@ -253,7 +246,7 @@ def account_table(accounts: dict) -> str:
     return columns(lines)
 
 
-def reconcile_table(report: dict) -> str:
+def reconcile_table(report: dict[str, Any]) -> str:
     out = []
     for r in report["buckets"]:
         drift = r["drift_bytes"] or r["drift_objects"]
@@ -396,7 +389,8 @@ def admin_parser() -> argparse.ArgumentParser:
 def admin_main(argv: Sequence[str]) -> int:
     args = admin_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        return code
     except AdminError as e:
         print(f"ironfs {args.command}: {e}", file=sys.stderr)
         return 1

@@ -25,15 +25,16 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from .config import is_fuse_mount
 from .ledger import Ledger, Limits
-from .persist import StateStore
+from .mountinfo import is_fuse_mount
 from .rules import PROFILES
 from .scanner import scan_buckets
 from .stats import GET, StatsBook
+from .store import StateStore
 
 MiB = 1 << 20
 
@@ -270,7 +271,7 @@ def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
     ]
 
 
-def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict:
+def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="ironfs-bench-", dir=base))
     results: dict[str, dict[str, list[float]]] = {}
     units: dict[str, str] = {}
@@ -289,17 +290,18 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict:
             s3_rows(scratch, mounted.mnt, sizes, results, units)
     finally:
         mounted.close()
-    report = {"workloads": [], "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
+    rows: list[dict[str, Any]] = []
+    report = {"workloads": rows, "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
               "rounds": sizes.rounds}
     for name, sides in results.items():
         raw, iron = statistics.median(sides["raw"]), statistics.median(sides["ironfs"])
-        report["workloads"].append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
+        rows.append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
                                     "ratio": iron / raw if raw else 0.0})
     shutil.rmtree(scratch, ignore_errors=True)
     return report
 
 
-def s3_rows(scratch: Path, mnt: Path, sizes: Sizes, results: dict, units: dict) -> None:
+def s3_rows(scratch: Path, mnt: Path, sizes: Sizes, results: dict[str, Any], units: dict[str, Any]) -> None:
     """The same boto3 PUT/GET workload on rclone over the raw directory and over ironfs."""
     try:
         from . import bench_s3
@@ -313,7 +315,7 @@ def s3_rows(scratch: Path, mnt: Path, sizes: Sizes, results: dict, units: dict) 
             units[name] = "MiB/s" if "MiB" in name else "ops/s"
 
 
-def table(report: dict) -> str:
+def table(report: dict[str, Any]) -> str:
     rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")]
     for w in report["workloads"]:
         rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -28,7 +29,8 @@ def rclone_binary() -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, float]:
@@ -60,7 +62,7 @@ def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, floa
         proc.wait(10)
 
 
-def _workload(s3, small: int, large: int) -> dict[str, float]:
+def _workload(s3: Any, small: int, large: int) -> dict[str, float]:
     bucket = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     s3.create_bucket(Bucket=bucket)
     body, big = os.urandom(4096), os.urandom(64 * MiB)

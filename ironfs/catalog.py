@@ -1,8 +1,14 @@
-"""Finding buckets on the backing root and bringing them into the ledger:
-trusting ``.quota`` after a clean shutdown, rescanning otherwise."""
+"""The buckets' lifecycle: finding them on the backing root and bringing them
+into the ledger (trusting ``.quota`` after a clean shutdown, rescanning
+otherwise), making them (mkdir), adopting those made behind the mount's back,
+reloading evicted ones, and deleting them with their state archived.
+
+Everything here touches the disk; the FUSE adapter calls it for the few
+requests that change the set of buckets."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -10,12 +16,13 @@ import time
 
 from .config import Config
 from .ledger import Bucket, Ledger, Limits
-from .rules import QUOTA_FILE, STATS_DIR, is_bucket_name
+from .rules import QUOTA_FILE, STATS_DIR, is_bucket_name, is_bucket_state
 from .scanner import Usage, scan_buckets, scan_tree
 from .state import (
     AccountRecord,
     CorruptState,
     QuotaRecord,
+    archive_bucket_state,
     load_accounts,
     load_quota,
     load_stats,
@@ -26,6 +33,7 @@ from .state import (
     utc_now,
 )
 from .stats import COUNTERS, StatsBook
+from .store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,48 @@ def new_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Buc
     bucket = ledger.add(name, default_limits(cfg))
     book.attach(bucket)
     return bucket
+
+
+def made_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> None:
+    """A top-level directory *name* was just made through the mount: a new
+    bucket, unless the ledger already knows one of that name (reloaded from
+    its ``.quota`` if evicted: disk I/O)."""
+    if ledger.load(name) is None:
+        new_bucket(cfg, ledger, book, name)
+        log.info("bucket %s created", os.fsdecode(name))
+
+
+def bucket_of_dir(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+    """The bucket of the top-level directory *name*.  An evicted one stays on
+    disk (a placeholder reloads it on first real use, not on a listing); one
+    made behind the mount's back is adopted, which scans it (disk I/O)."""
+    bucket = ledger.get(name)
+    if bucket is None:
+        if name in ledger.evicted:
+            return ledger.placeholder(name)
+        bucket = adopt_bucket(cfg, ledger, book, name)
+    return bucket
+
+
+def delete_bucket(cfg: Config, store: StateStore, bucket: Bucket, path: bytes) -> None:
+    """DeleteBucket (rmdir of a bucket directory): allowed when only ironfs's
+    state is left; that state is archived under ``.ironfs/archive/`` so the
+    month's figures survive.  Raises ENOTEMPTY otherwise."""
+    with store.lock:
+        if any(not is_bucket_state(n) for n in os.listdir(path)):
+            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+        store.flush_bucket(bucket)
+        archive = archive_bucket_state(cfg.backing, bucket.name, utc_now())
+        try:
+            os.rmdir(path)
+        except OSError:
+            if archive is not None:
+                for n in os.listdir(archive):
+                    os.rename(os.path.join(archive, n), os.path.join(path, n))
+            raise
+        store.ledger.remove(bucket.name)
+    log.info("bucket %s deleted; state archived in %s", bucket.display_name,
+             os.fsdecode(archive or b"(nothing to archive)"))
 
 
 def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: bool,

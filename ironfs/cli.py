@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stats"]:
-        from .report import stats_main
+        from .stats_command import stats_main
 
         return stats_main(argv[1:])
     if argv[:1] == ["bench"]:

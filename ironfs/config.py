@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .ledger import DEFAULT_ACCOUNT_MAX_BYTES, DEFAULT_BUCKET_MAX_BYTES
+from .mountinfo import is_fuse_mount
 from .rules import PROFILES, Profile
 from .units import parse_limit
 
@@ -181,15 +182,3 @@ def check_paths(cfg: Config) -> None:
     real_b, real_m = os.path.realpath(backing), os.path.realpath(mnt)
     if real_m == real_b or real_m.startswith(real_b.rstrip(b"/") + b"/"):
         raise ConfigError("the mountpoint must not be the backing directory or inside it")
-
-
-def is_fuse_mount(path: bytes) -> bool:
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == path and b"fuse" in line.split(b" - ")[1]:
-                    return True
-    except OSError:
-        pass
-    return False

@@ -63,7 +63,7 @@ def updated_limits(current: Limits, changes: Mapping[str, Any]) -> Limits:
     return Limits(**fields)
 
 
-def meter_doc(meter: Bucket | Account) -> dict:
+def meter_doc(meter: Bucket | Account) -> dict[str, Any]:
     return {**limits_doc(meter.limits), "soft_limit": meter.soft_limit,
             "used_bytes": meter.used_bytes, "objects": meter.objects, "state": meter.state}
 
@@ -75,7 +75,7 @@ class Control:
         self.ledger = ledger
         self.book = book
         self.pending = pending  # bytes of unlinked-but-open files, per bucket id
-        self.last_reconcile: dict | None = None
+        self.last_reconcile: dict[str, Any] | None = None
         self.show_progress = False  # the offline command shows one; the daemon logs
 
     def _admin(self, uid: int) -> None:
@@ -85,8 +85,9 @@ class Control:
     # -- on a bucket directory ----------------------------------------------------
     def get_bucket(self, bucket: Bucket, field: str) -> bytes:
         if field == "quota":
-            return orjson.dumps({"bucket": name_to_json(bucket.name), **meter_doc(bucket),
-                                 "account": bucket.account.name if bucket.account else None})
+            doc = {"bucket": name_to_json(bucket.name), **meter_doc(bucket),
+                   "account": bucket.account.name if bucket.account else None}
+            return orjson.dumps(doc)
         if field == "stats" or field.startswith("stats."):
             return self._stats(bucket, field[6:])
         if field == "account":
@@ -166,7 +167,7 @@ class Control:
         self.ledger.remove_account(name)
         log.info("account %s deleted by uid %d", name, uid)
 
-    def _account_doc(self, account: Account) -> dict:
+    def _account_doc(self, account: Account) -> dict[str, Any]:
         return {"account": account.name, **meter_doc(account),
                 "buckets": sorted(name_to_json(b) for b in account.buckets)}
 
@@ -190,7 +191,7 @@ class Control:
             account.set_limits(limits)
             self.ledger.accounts_dirty = True
         if members is not None:
-            for bucket in [self.ledger.lookup(b) for b in list(account.buckets)]:
+            for bucket in [self.ledger.load(b) for b in list(account.buckets)]:
                 if bucket is not None and bucket not in members:
                     self.ledger.assign(bucket, None)
             for bucket in members:
@@ -202,7 +203,7 @@ class Control:
             raise ValueError("buckets must be a list of bucket names")
         buckets = []
         for text in names:
-            bucket = self.ledger.lookup(name_from_json(text))
+            bucket = self.ledger.load(name_from_json(text))
             if bucket is None:
                 raise ValueError(f"no bucket {text!r}")
             buckets.append(bucket)
@@ -215,13 +216,13 @@ class Control:
         if mode not in ("check", "fix"):
             raise ControlError(errno.EINVAL, "expected check[:BUCKET] or fix[:BUCKET]")
         if only:
-            bucket = self.ledger.lookup(name_from_json(only))
+            bucket = self.ledger.load(name_from_json(only))
             if bucket is None:
                 raise ControlError(errno.ENOENT, f"no bucket {only!r}")
             buckets = [bucket]
         else:
             for name in list(self.ledger.evicted):  # every bucket, not only those in memory
-                self.ledger.lookup(name)
+                self.ledger.load(name)
             buckets = list(self.ledger)
         report = reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
                            fix=mode == "fix", pending=self.pending(),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from .ledger import Bucket
 
@@ -30,11 +29,11 @@ ANCHORS = 256
 class Node:
     __slots__ = (
         "ino", "key", "parent", "name", "extra_links", "lookups", "children",
-        "open", "_bucket", "size", "unlinked", "state", "fresh", "busy_at", "read_at",
+        "open", "_bucket", "size", "unlinked", "is_state", "fresh", "busy_at", "read_at",
     )
 
     def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
-                 bucket: Bucket | None, state: bool) -> None:
+                 bucket: Bucket | None, is_state: bool) -> None:
         self.ino = ino
         self.key = key
         self.parent = parent
@@ -50,24 +49,23 @@ class Node:
         # Its last name is gone while handles are open: bytes are refunded at last close.
         self.unlinked = False
         # Part of ironfs's own state (seen only with expose_state, read-only).
-        self.state = state
-        # For the operation counters: written since its last PUT was counted;
-        # when it was last opened, released or published; when a read handle closed.
+        self.is_state = is_state
+        # Owned by counting.py: written since its last PUT was counted; when it
+        # was last opened, released or published; when a read handle closed.
         self.fresh = False
         self.busy_at = 0.0
         self.read_at = 0.0
 
-    @property
-    def bucket(self) -> Bucket | None:
-        """The bucket charged for this entry (the live one, should the bucket
-        have been evicted from memory since this node was made)."""
+    def load_bucket(self) -> Bucket | None:
+        """The bucket charged for this entry.  Should that bucket have been
+        evicted from memory since this node was made, this reloads it from its
+        ``.quota`` (disk I/O, and a scan if that file is gone)."""
         b = self._bucket
         if b is not None and b.evicted is not None:
-            b = self._bucket = b.current()
+            b = self._bucket = b.load_live()
         return b
 
-    @bucket.setter
-    def bucket(self, bucket: Bucket | None) -> None:
+    def set_bucket(self, bucket: Bucket | None) -> None:
         self._bucket = bucket
 
     @property
@@ -92,9 +90,6 @@ class InodeTable:
 
     def __len__(self) -> int:
         return len(self._by_ino)
-
-    def __iter__(self) -> Iterator[Node]:
-        return iter(list(self._by_ino.values()))
 
     def get(self, ino: int) -> Node:
         """Raises KeyError for an inode the kernel should not know."""
@@ -131,7 +126,9 @@ class InodeTable:
         while True:
             tail.append(node.name)
             size += len(node.name) + 1
-            node = node.parent  # type: ignore[assignment]
+            parent = node.parent
+            assert parent is not None, "only called for nodes below the root"
+            node = parent
             if node.parent is None or size + len(node.name) + 1 > LONG_PATH:
                 break
         tail.append(b"/proc/self/fd/%d" % self._anchor_fd(node))
@@ -182,20 +179,20 @@ class InodeTable:
 
     # -- the kernel's references -------------------------------------------
     def remember(self, parent: Node, name: bytes, st: os.stat_result,
-                 bucket: Bucket | None, state: bool) -> Node:
+                 bucket: Bucket | None, is_state: bool) -> Node:
         """The node for *parent*/*name* (created if new), with one more lookup."""
-        node = self.attach(parent, name, st, bucket, state)
+        node = self.attach(parent, name, st, bucket, is_state)
         node.lookups += 1
         return node
 
     def attach(self, parent: Node, name: bytes, st: os.stat_result,
-               bucket: Bucket | None, state: bool) -> Node:
+               bucket: Bucket | None, is_state: bool) -> Node:
         """The node for *parent*/*name* without counting a lookup (readdir asks
         first and counts only what the kernel accepted)."""
         key = (st.st_dev, st.st_ino)
         node = self._by_key.get(key)
         if node is None:
-            node = Node(self._next_ino, key, parent, name, bucket, state)
+            node = Node(self._next_ino, key, parent, name, bucket, is_state)
             self._next_ino += 1
             parent.children += 1
             self._by_ino[node.ino] = node
@@ -231,19 +228,25 @@ class InodeTable:
         while (node is not self.root and node.lookups == 0 and node.children == 0
                and node.open == 0):
             del self._by_ino[node.ino]
-            if self._by_key.get(node.key) is node:
-                del self._by_key[node.key]
-            if self._anchors:
-                self._drop_anchor(node)
-            for parent, _ in node.extra_links or ():
-                self._release_child(parent)
-            node.extra_links = None
-            parent = node.parent
-            node.parent = None
+            parent = self._detach(node)
             if parent is None:
                 return
             parent.children -= 1
             node = parent
+
+    def _detach(self, node: Node) -> Node | None:
+        """Free *node*'s key, anchor and extra links; unhook it from its primary
+        parent and return that parent (whose child count the caller settles)."""
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        if self._anchors:
+            self._drop_anchor(node)
+        for link_parent, _ in node.extra_links or ():
+            self._release_child(link_parent)
+        node.extra_links = None
+        parent = node.parent
+        node.parent = None
+        return parent
 
     def _release_child(self, parent: Node) -> None:
         parent.children -= 1
@@ -288,15 +291,7 @@ class InodeTable:
 
         Its key is freed at once: the backing filesystem may give the inode
         number to a new file while the kernel still holds this node."""
-        if self._by_key.get(node.key) is node:
-            del self._by_key[node.key]
-        if self._anchors:
-            self._drop_anchor(node)
-        for parent, _ in node.extra_links or ():
-            self._release_child(parent)
-        node.extra_links = None
-        parent = node.parent
-        node.parent = None
+        parent = self._detach(node)
         if parent is not None:
             self._release_child(parent)
         self.collect(node)

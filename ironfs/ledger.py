@@ -14,7 +14,10 @@ import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .stats import MonthCounters
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class Meter:
                  "hard_bytes", "soft_limit")
     kind = "meter"
 
-    def __init__(self, name: Any, limits: Limits, used_bytes: int = 0, objects: int = 0):
+    def __init__(self, name: bytes | str, limits: Limits, used_bytes: int = 0, objects: int = 0):
         self.name = name
         self.used_bytes = used_bytes
         self.objects = objects
@@ -108,22 +111,23 @@ class Meter:
 class Bucket(Meter):
     __slots__ = ("stats", "account", "idle", "evicted", "__weakref__")
     kind = "bucket"
+    name: bytes
 
     def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
         super().__init__(name, limits, used_bytes, objects)
-        self.stats: Any = None  # this month's counters, owned by stats.StatsBook
+        self.stats: MonthCounters | None = None  # this month's counters, owned by stats.StatsBook
         self.account: Account | None = None
         self.idle = 0  # flush ticks since it last changed (eviction order)
         # Once evicted: the ledger that will reload it, then the reloaded bucket.
         self.evicted: Ledger | Bucket | None = None
 
-    def current(self) -> Bucket:
+    def load_live(self) -> Bucket:
         """This bucket, or once evicted, the live bucket that replaced it
-        (reloaded from its state file on first use)."""
+        (reloaded from its state file on first use: disk I/O)."""
         b = self
         while b.evicted is not None:
             nxt = b.evicted
-            b = nxt if isinstance(nxt, Bucket) else nxt.lookup_evicted(b)
+            b = nxt if isinstance(nxt, Bucket) else nxt.load_evicted(b)
         return b
 
 
@@ -132,6 +136,7 @@ class Account(Meter):
 
     __slots__ = ("buckets",)
     kind = "account"
+    name: str
 
     def __init__(self, name: str, limits: Limits) -> None:
         super().__init__(name, limits)
@@ -169,11 +174,12 @@ class Ledger:
         return bucket
 
     def get(self, name: bytes) -> Bucket | None:
-        """The bucket if it is in memory (see ``lookup``)."""
+        """The bucket if it is in memory (see ``load``); no I/O."""
         return self._buckets.get(name)
 
-    def lookup(self, name: bytes) -> Bucket | None:
-        """The bucket, reloaded first if it was evicted; None if unknown."""
+    def load(self, name: bytes) -> Bucket | None:
+        """The bucket, reloaded from its ``.quota`` first if it was evicted (disk
+        I/O, and a scan if that file is gone); None if unknown."""
         bucket = self._buckets.get(name)
         if bucket is None and name in self.evicted:
             bucket = self._reload(name)
@@ -187,7 +193,7 @@ class Ledger:
     def evict(self, bucket: Bucket) -> None:
         """Drop a clean bucket from memory: its state file must hold exactly its
         usage.  Its account keeps counting it; nodes still holding the object
-        find the reloaded bucket through ``Bucket.current``."""
+        find the reloaded bucket through ``Bucket.load_live``."""
         del self._buckets[bucket.name]
         self.evicted[bucket.name] = (bucket.account, bucket.used_bytes, bucket.objects)
         bucket.evicted = self
@@ -195,7 +201,7 @@ class Ledger:
 
     def placeholder(self, name: bytes) -> Bucket:
         """A stand-in for the evicted bucket *name* that reloads it on first
-        use (``Bucket.current``): listing the buckets reloads none of them."""
+        use (``Bucket.load_live``): listing the buckets reloads none of them."""
         stub = self._stubs.get(name)
         if stub is None:
             stub = Bucket(name, Limits(max_bytes=None))
@@ -203,7 +209,7 @@ class Ledger:
             self._stubs[name] = stub
         return stub
 
-    def lookup_evicted(self, stub: Bucket) -> Bucket:
+    def load_evicted(self, stub: Bucket) -> Bucket:
         return self._buckets.get(stub.name) or self._reload(stub.name)
 
     def _reload(self, name: bytes) -> Bucket:
@@ -220,25 +226,24 @@ class Ledger:
         bucket = Bucket(name, limits, used_bytes, objects)
         bucket.dirty = (used_bytes, objects) != (old_bytes, old_objects)
         self._buckets[name] = bucket
-        if self._still_counts(account, name):
+        if account is not None and self._still_counts(account, name):
             bucket.account = account  # it never stopped counting this bucket
-            self._apply(account, used_bytes - old_bytes, objects - old_objects)  # type: ignore[arg-type]
+            self._apply(account, used_bytes - old_bytes, objects - old_objects)
         else:
             for other in self.accounts.values():
                 if name in other.buckets:
                     self._join(bucket, other)
         return bucket
 
-    def _still_counts(self, account: Account | None, name: bytes) -> bool:
-        return (account is not None and self.accounts.get(account.name) is account
-                and name in account.buckets)
+    def _still_counts(self, account: Account, name: bytes) -> bool:
+        return self.accounts.get(account.name) is account and name in account.buckets
 
     def _forget_evicted(self, name: bytes) -> None:
         """An evicted bucket comes back by another path (a scan): its account
         stops counting the usage recorded at eviction."""
         account, old_bytes, old_objects = self.evicted.pop(name)
-        if self._still_counts(account, name):
-            self._apply(account, -old_bytes, -old_objects)  # type: ignore[arg-type]
+        if account is not None and self._still_counts(account, name):
+            self._apply(account, -old_bytes, -old_objects)
 
     def remove(self, name: bytes) -> Bucket:
         """A deleted bucket: gone from its account at once."""

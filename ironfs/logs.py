@@ -32,8 +32,8 @@ def under_journald() -> bool:
 
 def setup_logging(level: str, log_file: str | None = None) -> None:
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     if log_file is not None:
         handler: logging.Handler = logging.FileHandler(log_file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .ledger import Ledger, Meter
-from .persist import StateStore
+from .control import Control
+from .ledger import Bucket, Ledger, Meter
 from .state import name_to_json
 from .stats import COUNTERS
+from .store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,22 @@ OPERATIONS = [(i, c[:-len("_count")]) for i, c in enumerate(COUNTERS) if c.endsw
 STATES = ("ok", "soft", "hard")
 
 
+class Tables(Protocol):
+    """What the metrics read of the FUSE adapter: the sizes of its tables."""
+
+    @property
+    def inodes(self) -> Sized: ...
+    @property
+    def handles(self) -> Sized: ...
+
+
 class LedgerCollector(Collector):
-    def __init__(self, ledger: Ledger, store: StateStore, reconcile: object,
-                 fs: object | None = None) -> None:
+    def __init__(self, ledger: Ledger, store: StateStore, control: Control,
+                 fs: Tables | None = None) -> None:
         self.ledger = ledger
         self.store = store
-        self.reconcile = reconcile  # the Control, for its last report
-        self.fs = fs  # the IronFS, for the sizes of its tables
+        self.control = control  # for the last reconcile's report
+        self.fs = fs
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         buckets = list(self.ledger)
@@ -70,7 +81,7 @@ class LedgerCollector(Collector):
         yield from families.values()
         yield state
 
-    def _operations(self, buckets: list) -> Iterator[CounterMetricFamily]:
+    def _operations(self, buckets: list[Bucket]) -> Iterator[CounterMetricFamily]:
         ops = CounterMetricFamily("ironfs_bucket_operations", "Operations this month (resets monthly)",
                                   labels=["bucket", "op"])
         extra = {c: CounterMetricFamily(f"ironfs_bucket_{c}", f"{c.replace('_', ' ')} this month",
@@ -97,14 +108,14 @@ class LedgerCollector(Collector):
         yield buckets
         if self.fs is not None:
             yield GaugeMetricFamily("ironfs_inodes", "Inodes the daemon tracks for the kernel",
-                                    value=len(self.fs.inodes))  # type: ignore[attr-defined]
+                                    value=len(self.fs.inodes))
             yield GaugeMetricFamily("ironfs_open_files", "Open file handles",
-                                    value=len(self.fs.handles))  # type: ignore[attr-defined]
+                                    value=len(self.fs.handles))
         yield GaugeMetricFamily("ironfs_flush_duration_seconds", "Duration of the last flush",
                                 value=self.store.last_flush_seconds)
         yield GaugeMetricFamily("ironfs_last_flush_timestamp_seconds", "When the last flush ended",
                                 value=self.store.last_flush_at)
-        report = getattr(self.reconcile, "last_reconcile", None)
+        report = self.control.last_reconcile
         if report is not None:
             drift_b = GaugeMetricFamily("ironfs_reconcile_drift_bytes", "Drift found by the last reconcile",
                                         labels=["bucket"])

@@ -18,14 +18,15 @@ import pyfuse3
 import trio
 
 from .catalog import load_account_file, load_buckets, reload_bucket
-from .config import Config, ConfigError, is_fuse_mount
+from .config import Config, ConfigError
 from .fs import IronFS
 from .ledger import Ledger
 from .metrics import LedgerCollector, Metrics
+from .mountinfo import is_fuse_mount
 from .notify import notify
-from .persist import StateStore
 from .state import MountLock, take_clean_marker, utc_now, write_clean_marker
 from .stats import StatsBook
+from .store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: f
     Then drop idle buckets beyond *bucket_cache* from memory."""
     while True:
         await trio.sleep(interval)
-        ops.commit_heads()
+        ops.counting.commit_heads()
         items = store.snapshot()
         if items:
             failed = await trio.to_thread.run_sync(store.write, items)
@@ -156,7 +157,7 @@ def run(cfg: Config) -> None:
             pyfuse3.close(unmount=stopped_cleanly and is_fuse_mount(cfg.mountpoint))
         notify("STOPPING=1")
         ops.release_all()
-        ops.commit_heads(everything=True)
+        ops.counting.commit_heads(everything=True)
         if not store.flush_now():
             log.error("final flush failed: the next start will rescan")
             return

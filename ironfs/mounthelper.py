@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             return MOUNT_FAILURE
 
 
-def wait_ready(sock: socket.socket, proc: subprocess.Popen) -> bool:
+def wait_ready(sock: socket.socket, proc: subprocess.Popen[bytes]) -> bool:
     """True once the daemon says READY=1; False if it exits first."""
     while True:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from .ledger import Bucket, Ledger
 from .rules import Profile
@@ -15,7 +16,7 @@ from .state import name_to_json
 
 def reconcile(ledger: Ledger, root: bytes, profile: Profile, buckets: Iterable[Bucket], *,
               fix: bool, pending: Mapping[int, int] | None = None,
-              show_progress: bool = False, workers: int = 1) -> dict:
+              show_progress: bool = False, workers: int = 1) -> dict[str, Any]:
     """Scan *buckets* and compare.  *pending*: bytes still charged per bucket (by
     ``id``) for files unlinked while open, which a scan cannot see."""
     started = time.monotonic()

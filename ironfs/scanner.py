@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TextIO
 
 from .inodes import LONG_PATH
 from .rules import Profile, hides, is_bucket_state
@@ -32,7 +33,7 @@ class Progress:
     """Counts scanned entries across threads and shows them now and then:
     a bar-like line on a terminal, a log line every 10 s otherwise."""
 
-    def __init__(self, total_buckets: int, stream=None) -> None:
+    def __init__(self, total_buckets: int, stream: TextIO | None = None) -> None:
         self.total_buckets = total_buckets
         self.done_buckets = 0
         self.files = 0
@@ -75,13 +76,13 @@ class _DirResult:
     used_bytes: int = 0
     objects: int = 0
     files: int = 0
-    linked: list[tuple[tuple[int, int], int]] | None = None  # (inode key, size) when nlink > 1
-    subdirs: list[tuple[bytes, bool]] | None = None
+    linked: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # (inode key, size): nlink > 1
+    subdirs: list[tuple[bytes, bool]] = field(default_factory=list)
 
 
 def _scan_dir(path: bytes, dir_hidden: bool, is_bucket_top: bool, profile: Profile) -> _DirResult:
     """One directory, not its subdirectories (they are returned for the caller)."""
-    result = _DirResult(linked=[], subdirs=[])
+    result = _DirResult()
     is_object_name = profile.is_object_name
     try:
         it = os.scandir(path)
@@ -94,7 +95,7 @@ def _scan_dir(path: bytes, dir_hidden: bool, is_bucket_top: bool, profile: Profi
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    result.subdirs.append((entry.path, dir_hidden or hides(name)))  # type: ignore[union-attr]
+                    result.subdirs.append((entry.path, dir_hidden or hides(name)))
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
@@ -105,7 +106,7 @@ def _scan_dir(path: bytes, dir_hidden: bool, is_bucket_top: bool, profile: Profi
             if not dir_hidden and is_object_name(name):
                 result.objects += 1
             if st.st_nlink > 1:
-                result.linked.append(((st.st_dev, st.st_ino), st.st_size))  # type: ignore[union-attr]
+                result.linked.append(((st.st_dev, st.st_ino), st.st_size))
             else:
                 result.used_bytes += st.st_size
     return result
@@ -126,8 +127,22 @@ class _Anchor:
             os.close(self.fd)
 
 
-def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile
-          ) -> tuple[int, int, int, dict[tuple[int, int], int]]:
+#: What one subtree holds: (bytes of singly-linked files, objects, files,
+#: {inode key: size} of hard-linked ones).
+_Part = tuple[int, int, int, dict[tuple[int, int], int]]
+
+
+@dataclass(slots=True)
+class _Totals:
+    """One bucket's scan so far; done when no unit of it is left."""
+
+    used: int
+    objects: int
+    linked: dict[tuple[int, int], int] | None  # no dict unless it has hard links
+    units_left: int
+
+
+def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile) -> _Part:
     """A whole subtree, in one thread: (bytes of singly-linked files, objects,
     files, {inode key: size} of hard-linked ones)."""
     used = objects = files = 0
@@ -139,8 +154,8 @@ def _walk(path: bytes, hidden: bool, is_bucket_top: bool, profile: Profile
         used += r.used_bytes
         objects += r.objects
         files += r.files
-        linked.update(r.linked or ())
-        subdirs = r.subdirs or ()
+        linked.update(r.linked)
+        subdirs = r.subdirs
         if subdirs and len(p) > LONG_PATH:
             try:
                 anchor = _Anchor(p)
@@ -177,43 +192,44 @@ def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
     names = list(names)
     progress = Progress(len(names)) if show_progress else None
     units: list[tuple[int, bytes, bool]] = []
-    totals: list[list] = []  # per bucket: used, objects, linked, units left
+    totals: list[_Totals] = []
     for i, name in enumerate(names):
         first = _scan_dir(os.path.join(root, name), False, True, profile)
-        subdirs = first.subdirs or []
+        subdirs = first.subdirs
         # No dict per bucket unless it has hard links: 10^5 empty ones would
         # stay in the daemon's heap as fragmentation after the scan.
-        totals.append([first.used_bytes, first.objects, dict(first.linked) if first.linked else None,
-                       len(subdirs)])
+        totals.append(_Totals(first.used_bytes, first.objects,
+                              dict(first.linked) if first.linked else None, len(subdirs)))
         units.extend((i, path, hidden) for path, hidden in subdirs)
         if progress is not None:
             progress.add(first.files)
     results: dict[bytes, Usage] = {}
 
     def finish(i: int) -> None:
-        used, objects, linked, _ = totals[i]
-        usage = results[names[i]] = Usage(used + sum(linked.values()) if linked else used, objects)
+        t = totals[i]
+        linked = sum(t.linked.values()) if t.linked else 0
+        usage = results[names[i]] = Usage(t.used + linked, t.objects)
         if progress is not None:
             progress.bucket_done()
         if on_done is not None:
             on_done(names[i], usage)
 
-    def merge(i: int, part: tuple[int, int, int, dict[tuple[int, int], int]]) -> None:
+    def merge(i: int, part: _Part) -> None:
         t = totals[i]
-        t[0] += part[0]
-        t[1] += part[1]
+        t.used += part[0]
+        t.objects += part[1]
         if part[3]:
-            if t[2] is None:
-                t[2] = {}
-            t[2].update(part[3])
-        t[3] -= 1
+            if t.linked is None:
+                t.linked = {}
+            t.linked.update(part[3])
+        t.units_left -= 1
         if progress is not None:
             progress.add(part[2])
-        if t[3] == 0:
+        if t.units_left == 0:
             finish(i)
 
     for i, t in enumerate(totals):
-        if t[3] == 0:
+        if t.units_left == 0:
             finish(i)
     if units:
         _run_units(units, profile, workers, merge)
@@ -223,7 +239,7 @@ def scan_buckets(root: bytes, names: Iterable[bytes], profile: Profile, *,
 
 
 def _run_units(units: list[tuple[int, bytes, bool]], profile: Profile, workers: int,
-               merge: Callable[[int, tuple], None]) -> None:
+               merge: Callable[[int, _Part], None]) -> None:
     if workers <= 1 or len(units) < 2:
         for i, path, hidden in units:
             merge(i, _walk(path, hidden, False, profile))

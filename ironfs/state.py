@@ -13,6 +13,8 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import EllipsisType
+from typing import Any
 
 import orjson
 
@@ -157,11 +159,12 @@ def quota_json(bucket: Bucket, now: datetime) -> bytes:
     }, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def _field(doc: dict, key: str, *, nullable: bool, default: object = ...) -> int | None:
+def _field(doc: dict[str, Any], key: str, *, nullable: bool,
+           default: int | None | EllipsisType = ...) -> int | None:
     if key not in doc:
-        if default is ...:
+        if isinstance(default, EllipsisType):
             raise CorruptState(f"missing field {key!r}")
-        return default  # type: ignore[return-value]
+        return default
     value = doc[key]
     if value is None and nullable:
         return None
@@ -170,7 +173,8 @@ def _field(doc: dict, key: str, *, nullable: bool, default: object = ...) -> int
     return value
 
 
-def _json_object(data: bytes) -> dict:
+def json_object(data: bytes) -> dict[str, Any]:
+    """*data* parsed as a JSON object; CorruptState (a ValueError) otherwise."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as e:
@@ -180,7 +184,7 @@ def _json_object(data: bytes) -> dict:
     return doc
 
 
-def _limits(doc: dict, max_bytes_key: str) -> Limits:
+def _limits(doc: dict[str, Any], max_bytes_key: str) -> Limits:
     return Limits(
         max_bytes=_field(doc, max_bytes_key, nullable=True),
         max_objects=_field(doc, "max_objects", nullable=True, default=None),
@@ -201,7 +205,7 @@ def _read_state(path: bytes) -> bytes | None:
 
 
 def parse_quota(data: bytes) -> QuotaRecord:
-    doc = _json_object(data)
+    doc = json_object(data)
     fmt = doc.get("format", QUOTA_FORMAT)
     if fmt != QUOTA_FORMAT:
         raise CorruptState(f"unknown format {fmt!r}")
@@ -240,7 +244,7 @@ def stats_json(counters: dict[str, int], now: datetime) -> bytes:
 
 def parse_stats(data: bytes, names: tuple[str, ...]) -> list[int]:
     """Counter values in the order of *names*; a missing counter is 0."""
-    doc = _json_object(data)
+    doc = json_object(data)
     return [_field(doc, name, nullable=False, default=0) or 0 for name in names]
 
 
@@ -299,7 +303,7 @@ class AccountRecord:
     buckets: list[bytes]
 
 
-def limits_doc(limits: Limits) -> dict:
+def limits_doc(limits: Limits) -> dict[str, Any]:
     return {"max_bytes": limits.max_bytes, "max_objects": limits.max_objects,
             "grace_bytes": limits.grace_bytes, "soft_bytes": limits.soft_bytes}
 
@@ -314,7 +318,7 @@ def accounts_json(ledger: Ledger, now: datetime) -> bytes:
 
 
 def parse_accounts(data: bytes) -> list[AccountRecord]:
-    doc = _json_object(data)
+    doc = json_object(data)
     if not isinstance(doc.get("accounts"), dict):
         raise CorruptState("no 'accounts' object")
     records = []
@@ -333,10 +337,6 @@ def load_accounts(root: bytes) -> list[AccountRecord]:
     """The accounts file; [] if there is none.  Raises CorruptState."""
     data = _read_state(os.path.join(state_dir(root), ACCOUNTS_FILE))
     return [] if data is None else parse_accounts(data)
-
-
-def save_accounts(root: bytes, payload: bytes) -> None:
-    atomic_write(state_dir(root), ACCOUNTS_FILE, payload)
 
 
 def accounts_target(root: bytes) -> tuple[bytes, bytes]:

@@ -59,30 +59,29 @@ class StatsBook:
             self._month = (start, name, until)
         return name, until
 
-    def attach(self, bucket: Bucket, values: list[int] | None = None,
-               month: str | None = None) -> MonthCounters:
-        """Give *bucket* counters for the current month (continuing *values*
-        if they were loaded for that month)."""
+    def attach(self, bucket: Bucket) -> MonthCounters:
+        """Give *bucket* fresh counters for the current month (the caller may
+        continue them from the month's file)."""
         current, until = self._month_at(self.clock())
-        counters = MonthCounters(current, until, values if month == current else None)
+        counters = MonthCounters(current, until)
         bucket.stats = counters
         return counters
 
     def current(self, bucket: Bucket) -> MonthCounters:
-        counters: MonthCounters = bucket.stats
-        if self.clock() >= counters.until:
+        counters = bucket.stats
+        if counters is None or self.clock() >= counters.until:
             counters = self._roll(bucket, counters)
         return counters
 
     def add(self, bucket: Bucket, counter: int, n: int = 1) -> None:
-        counters: MonthCounters = bucket.stats
-        if self.clock() >= counters.until:
+        counters = bucket.stats
+        if counters is None or self.clock() >= counters.until:
             counters = self._roll(bucket, counters)
         counters.values[counter] += n
         counters.dirty = True
 
-    def _roll(self, bucket: Bucket, old: MonthCounters) -> MonthCounters:
-        if old.dirty:
+    def _roll(self, bucket: Bucket, old: MonthCounters | None) -> MonthCounters:
+        if old is not None and old.dirty:
             self.closed.append((bucket, old))
         return self.attach(bucket)
 

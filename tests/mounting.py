@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ironfs.config import is_fuse_mount
+from ironfs.mountinfo import is_fuse_mount
 from ironfs.rules import PROFILES
 from ironfs.scanner import Usage, scan_tree
 

@@ -20,8 +20,8 @@ import pytest
 
 from ironfs import state
 from ironfs.ledger import Ledger, Limits
-from ironfs.persist import StateStore
 from ironfs.stats import PUT, StatsBook
+from ironfs.store import StateStore
 from tests.mounting import assert_invariant, quota_file, start_mount, unavailable, wait_for
 
 
@@ -104,7 +104,7 @@ def test_eio_while_writing_state_keeps_the_old_file(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(state.os, "fsync", fsync)
     ledger.charge(bucket, 90, 1)
     book.add(bucket, PUT)
-    with caplog.at_level(logging.WARNING, logger="ironfs.persist"):
+    with caplog.at_level(logging.WARNING, logger="ironfs.store"):
         for _ in range(3):
             assert not store.flush_now()
     assert [r.getMessage() for r in caplog.records] == [
@@ -134,7 +134,7 @@ def test_batched_flush_writes_all_but_the_failing_item(tmp_path: Path,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     ledger, book, store, buckets = _many_buckets(tmp_path)
     (tmp_path / "b7").rmdir()  # deleted behind the flush's back: its write fails
-    with caplog.at_level(logging.WARNING, logger="ironfs.persist"):
+    with caplog.at_level(logging.WARNING, logger="ironfs.store"):
         assert not store.flush_now()
     assert [r.getMessage() for r in caplog.records] == [
         "flush of bucket b7 failed: No such file or directory; retrying every tick"]
@@ -156,8 +156,8 @@ def test_batched_flush_with_a_failing_sync_keeps_the_old_files(
     def failing_syncfs(path: bytes) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    from ironfs import persist
-    monkeypatch.setattr(persist, "syncfs", failing_syncfs)
+    from ironfs import store as store_module
+    monkeypatch.setattr(store_module, "syncfs", failing_syncfs)
     assert not store.flush_now()
     assert {p: p.read_bytes() for p in tmp_path.glob("*/.quota")} == before
     assert not list(tmp_path.glob("*/.ironfs-tmp*"))

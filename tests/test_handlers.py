@@ -13,8 +13,8 @@ from pyfuse3 import ROOT_INODE, FUSEError
 from ironfs.config import build_config
 from ironfs.fs import IronFS
 from ironfs.ledger import Ledger, Limits
-from ironfs.persist import StateStore
 from ironfs.stats import StatsBook
+from ironfs.store import StateStore
 
 ROOT_CTX = SimpleNamespace(uid=0, gid=0, pid=1, umask=0o022)
 
@@ -88,7 +88,7 @@ async def test_unknown_inode_is_estale(fs: IronFS) -> None:
 async def test_os_errors_keep_their_errno(fs: IronFS) -> None:
     b = await lookup(fs, b"b")
     missing = await fs.lookup(b, b"missing", ROOT_CTX)  # a negative entry the kernel may cache
-    assert missing.st_ino == 0 and missing.entry_timeout == fs.entry_timeout
+    assert missing.st_ino == 0 and missing.entry_timeout == fs.cfg.entry_timeout
     assert await errno_of(fs.rmdir(b, b"missing", ROOT_CTX)) == errno.ENOENT
     await create(fs, b, b"f")
     assert await errno_of(fs.mkdir(b, b"f", 0o755, ROOT_CTX)) == errno.EEXIST

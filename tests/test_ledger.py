@@ -222,10 +222,10 @@ def test_an_evicted_bucket_reloads_exactly_and_old_references_follow() -> None:
     ledger.evict(b)
     assert ledger.get(b"b") is None and len(ledger) == 0 and ledger.known() == 1
     assert acct.used_bytes == 60  # the account keeps counting it
-    live = b.current()  # a node still holding the old object
+    live = b.load_live()  # a node still holding the old object
     assert live is not b and live is ledger.get(b"b") and disk.reloads == 1
     assert (live.used_bytes, live.objects, live.limits.max_bytes, live.account) == (60, 2, 100, acct)
-    assert b.current() is live and ledger.lookup(b"b") is live and disk.reloads == 1
+    assert b.load_live() is live and ledger.load(b"b") is live and disk.reloads == 1
     with pytest.raises(QuotaExceeded):
         ledger.charge(live, 41)
     ledger.charge(live, 40)
@@ -239,9 +239,9 @@ def test_an_evicted_bucket_renamed_after_reload_is_followed() -> None:
     ledger.charge(b, 10)
     disk.flush(b)
     ledger.evict(b)
-    ledger.lookup(b"b")  # what the rename handler does first
+    ledger.load(b"b")  # what the rename handler does first
     ledger.rename(b"b", b"c")
-    assert b.current() is ledger.get(b"c") and b.current().used_bytes == 10
+    assert b.load_live() is ledger.get(b"c") and b.load_live().used_bytes == 10
 
 
 def evicted_member(used: int, objects: int, account: str = "acme"):
@@ -262,14 +262,14 @@ def test_account_changes_while_evicted() -> None:
     ledger.remove_account("old")
     new = ledger.add_account("new", Limits(max_bytes=None))
     new.buckets.add(b"b")  # listed by name, as accounts.json does
-    live = ledger.lookup(b"b")
+    live = ledger.load(b"b")
     assert live.account is new and new.used_bytes == 70 and new.objects == 1
 
 
 def test_a_scan_replacing_an_evicted_bucket_does_not_count_twice() -> None:
     ledger, b, acct = evicted_member(50, 1)
     fresh = ledger.add(b"b", Limits(max_bytes=None), 80, 2)  # adopted by a scan instead
-    assert acct.used_bytes == 80 and acct.objects == 2 and b.current() is fresh
+    assert acct.used_bytes == 80 and acct.objects == 2 and b.load_live() is fresh
     assert not ledger.evicted
 
 

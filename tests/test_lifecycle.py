@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ironfs.config import is_fuse_mount
+from ironfs.mountinfo import is_fuse_mount
 from tests.mounting import clear_mount, ledger, quota_file, require_fuse, scan, start_mount
 
 MiB = 1 << 20

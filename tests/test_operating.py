@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ironfs.config import is_fuse_mount
 from ironfs.logs import JournalFormatter
+from ironfs.mountinfo import is_fuse_mount
 from tests.mounting import clear_mount, ledger, require_fuse, start_mount, unavailable
 from tests.s3server import free_port
 

@@ -10,9 +10,9 @@ import orjson
 
 from ironfs.catalog import attach_stats
 from ironfs.ledger import Ledger, Limits
-from ironfs.persist import StateStore
 from ironfs.state import save_stats, stats_json
 from ironfs.stats import DELETE, GET, PUT, StatsBook, month_of
+from ironfs.store import StateStore
 
 
 class Clock:

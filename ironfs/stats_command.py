@@ -8,10 +8,11 @@ import errno
 import os
 import sys
 import time
+from typing import Any
 
 import orjson
 
-from .state import CorruptState, load_stats
+from .state import CorruptState, json_object, load_stats
 from .stats import COUNTERS, MONTH_PATTERN, month_of
 
 
@@ -25,13 +26,13 @@ def stats_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_stats(bucket_dir: str, month: str | None) -> dict:
+def read_stats(bucket_dir: str, month: str | None) -> dict[str, Any]:
     """The month's counters; raises LookupError/ValueError with a message for people."""
     path = os.fsencode(bucket_dir)
     if not os.path.isdir(path):
         raise LookupError(f"{bucket_dir}: not a directory")
     try:
-        current = orjson.loads(os.getxattr(path, b"user.ironfs.stats"))
+        current = json_object(os.getxattr(path, b"user.ironfs.stats"))
     except OSError as e:
         if e.errno not in (errno.ENODATA, errno.ENOTSUP):
             raise LookupError(f"{bucket_dir}: {e.strerror}") from None
@@ -39,7 +40,7 @@ def read_stats(bucket_dir: str, month: str | None) -> dict:
         if not month or month == current["month"]:
             return current
         try:
-            return orjson.loads(os.getxattr(path, b"user.ironfs.stats." + month.encode()))
+            return json_object(os.getxattr(path, b"user.ironfs.stats." + month.encode()))
         except OSError as e:
             if e.errno != errno.ENODATA:
                 raise LookupError(f"{bucket_dir}: {e.strerror}") from None
