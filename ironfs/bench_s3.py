@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,13 @@ def free_port() -> int:
         return port
 
 
-def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, float]:
+Probe = Callable[[], dict[str, float]]
+
+
+def measure(root: Path, scratch: Path, small: int, large: int,
+            probe: Probe | None = None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Rows of figures, and with *probe* (the mount's FUSE request counters),
+    the FUSE requests per S3 request of each phase, by operation."""
     port = free_port()
     conf = scratch / "rclone.conf"
     conf.write_text("")
@@ -56,31 +63,37 @@ def measure(root: Path, scratch: Path, small: int, large: int) -> dict[str, floa
                           config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 0},
                                         request_checksum_calculation="when_required",
                                         response_checksum_validation="when_required"))
-        return _workload(s3, small, large)
+        return _workload(s3, small, large, probe)
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _workload(s3: Any, small: int, large: int) -> dict[str, float]:
+def _workload(s3: Any, small: int, large: int,
+              probe: Probe | None) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     bucket = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     s3.create_bucket(Bucket=bucket)
     body, big = os.urandom(4096), os.urandom(64 * MiB)
-    out = {}
-    started = time.perf_counter()
-    for i in range(small):
-        s3.put_object(Bucket=bucket, Key=f"s{i}", Body=body)
-    out["S3 PUT 4 KiB"] = small / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for i in range(small):
-        s3.get_object(Bucket=bucket, Key=f"s{i}")["Body"].read()
-    out["S3 GET 4 KiB"] = small / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for i in range(large):
-        s3.put_object(Bucket=bucket, Key=f"b{i}", Body=big)
-    out["S3 PUT 64 MiB, MiB/s"] = large * 64 / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for i in range(large):
-        s3.get_object(Bucket=bucket, Key=f"b{i}")["Body"].read()
-    out["S3 GET 64 MiB, MiB/s"] = large * 64 / (time.perf_counter() - started)
-    return out
+    out: dict[str, float] = {}
+    spent: dict[str, dict[str, float]] = {}
+
+    def phase(name: str, count: int, request: Callable[[int], object], mib: int = 0) -> None:
+        before = probe() if probe is not None else {}
+        started = time.perf_counter()
+        for i in range(count):
+            request(i)
+        seconds = time.perf_counter() - started
+        out[name] = count * mib / seconds if mib else count / seconds
+        if probe is not None:
+            after = probe()
+            spent[name.split(",")[0]] = {op: (n - before.get(op, 0)) / count
+                                         for op, n in sorted(after.items()) if n != before.get(op, 0)}
+
+    phase("S3 PUT 4 KiB", small, lambda i: s3.put_object(Bucket=bucket, Key=f"s{i}", Body=body))
+    phase("S3 GET 4 KiB", small,
+          lambda i: s3.get_object(Bucket=bucket, Key=f"s{i}")["Body"].read())
+    phase("S3 PUT 64 MiB, MiB/s", large,
+          lambda i: s3.put_object(Bucket=bucket, Key=f"b{i}", Body=big), mib=64)
+    phase("S3 GET 64 MiB, MiB/s", large,
+          lambda i: s3.get_object(Bucket=bucket, Key=f"b{i}")["Body"].read(), mib=64)
+    return out, spent

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -37,6 +38,7 @@ from .control import Control, ControlError
 from .counting import Counting
 from .handles import DirHandle, Handle, pending_bytes, renameat2
 from .inodes import Node
+from .killpriv import SXID, bits_to_clear, read_writer
 from .ledger import Ledger, QuotaExceeded
 from .rules import is_bucket_name
 from .state import fsync_dir
@@ -58,8 +60,12 @@ R = TypeVar("R")
 
 def handler(fn: Callable[Concatenate[IronFS, P], R]
             ) -> Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]:
-    """Wrap a synchronous handler body: map domain and OS errors to FUSEError."""
+    """Wrap a synchronous handler body: count the request, map domain and OS
+    errors to FUSEError."""
+    op = fn.__name__
+
     async def wrapper(self: IronFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.requests[op] += 1
         try:
             return fn(self, *args, **kwargs)
         except OSError as e:
@@ -95,6 +101,7 @@ class IronFS(pyfuse3.Operations):
         self.counting = Counting(store.book, self.accounting)
         self._next_dir = 1
         self.rejections = 0
+        self.requests: Counter[str] = Counter()  # FUSE requests by operation (metrics)
         self.control = Control(cfg, ledger, store.book, lambda: pending_bytes(self.handles))
 
     # -- nodes, paths, attributes -------------------------------------------------
@@ -138,6 +145,7 @@ class IronFS(pyfuse3.Operations):
         return self._entry(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        self.requests["forget"] += 1
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
 
@@ -162,6 +170,8 @@ class IronFS(pyfuse3.Operations):
             if handle is not None:
                 handle.wrote = True
                 self.counting.written(node)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            self._recheck_set_ids(node)
         if fields.update_mode:
             if stat.S_ISLNK(self.tree.lstat(node).st_mode):
                 raise FUSEError(errno.EOPNOTSUPP)
@@ -176,6 +186,14 @@ class IronFS(pyfuse3.Operations):
         if fields.update_atime or fields.update_mtime:
             self._set_times(node, target, attr, fields)
         return self._entry(node, self.tree.lstat(node))
+
+    def _recheck_set_ids(self, node: Node) -> None:
+        """Mode or owner changes: the next write through each writable handle
+        of *node* looks at the set-ID bits again."""
+        if node.open:
+            for handle in self.handles.values():
+                if handle.node is node and handle.opener is not None:
+                    handle.check_sxid = True
 
     def _set_times(self, node: Node, target: bytes | int, attr: EntryAttributes,
                    fields: SetattrFields) -> None:
@@ -333,10 +351,22 @@ class IronFS(pyfuse3.Operations):
     # -- files -----------------------------------------------------------------------
     @handler
     def open(self, ino: int, flags: int, ctx: RequestContext) -> FileInfo:
-        node = self.tree.node(ino)
-        return FileInfo(fh=self._open(node, flags))
+        return self._open(self.tree.node(ino), flags, ctx)
 
-    def _open(self, node: Node, flags: int) -> int:
+    def _file_info(self, handle: Handle, flags: int, ctx: RequestContext, mode: int) -> FileInfo:
+        """Register an open handle.  Write-only handles (an S3 server's PUTs and
+        parts) take the kernel's direct-I/O path: one WRITE per write(2), with
+        no GETXATTR security.capability before it; the kernel then leaves
+        set-ID bits to us (killpriv.py).  O_RDWR stays cached, because shared
+        writable mmap on a direct-I/O handle fails with ENODEV here."""
+        self.handles[handle.fd] = handle
+        if (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC:
+            return FileInfo(fh=handle.fd)
+        handle.opener = (ctx.pid, ctx.uid, ctx.gid)
+        handle.check_sxid = bool(mode & SXID)
+        return FileInfo(fh=handle.fd, direct_io=(flags & os.O_ACCMODE) == os.O_WRONLY)
+
+    def _open(self, node: Node, flags: int, ctx: RequestContext) -> FileInfo:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if node.is_state and writing:
             raise FUSEError(errno.EACCES)
@@ -356,9 +386,15 @@ class IronFS(pyfuse3.Operations):
             node.size = 0
             self.counting.written(node)
         node.open += 1
-        handle = self.handles[fd] = Handle(fd, node, wrote=bool(flags & os.O_TRUNC))
+        handle = Handle(fd, node, wrote=bool(flags & os.O_TRUNC))
         handle.reading = self.counting.opened(node, not writing)
-        return fd
+        mode = 0
+        if writing:
+            st = os.fstat(fd)
+            mode = st.st_mode
+            if node.size is None:
+                node.size = st.st_size
+        return self._file_info(handle, flags, ctx, mode)
 
     @handler
     def create(self, parent_ino: int, name: bytes, mode: int, flags: int,
@@ -373,24 +409,25 @@ class IronFS(pyfuse3.Operations):
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
-            return self._create_existing(parent, name, path, flags)
+            return self._create_existing(parent, name, path, flags, ctx)
         self.tree.chown_new(fd, parent, ctx.uid, ctx.gid)
         st = os.fstat(fd)
         node = self.tree.remember(parent, name, st)
         node.open += 1
         node.size = 0
         self.counting.written(node)
-        self.handles[fd] = Handle(fd, node, wrote=True)
-        return FileInfo(fh=fd), self._entry(node, st)
+        info = self._file_info(Handle(fd, node, wrote=True), flags | os.O_TRUNC, ctx, st.st_mode)
+        return info, self._entry(node, st)
 
-    def _create_existing(self, parent: Node, name: bytes, path: bytes,
-                         flags: int) -> tuple[FileInfo, EntryAttributes]:
+    def _create_existing(self, parent: Node, name: bytes, path: bytes, flags: int,
+                         ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         """O_CREAT without O_EXCL on a name that exists after all: open it."""
         node = self.tree.remember(parent, name, os.lstat(path))
-        fd = self._open(node, flags)
-        return FileInfo(fh=fd), self._entry(node, os.fstat(fd))
+        info = self._open(node, flags, ctx)
+        return info, self._entry(node, os.fstat(info.fh))
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.requests["read"] += 1
         handle = self.handles[fh]
         try:
             if size >= THREAD_IO_BYTES:
@@ -409,6 +446,8 @@ class IronFS(pyfuse3.Operations):
         handle = self.handles[fh]
         node = handle.node
         fd = handle.fd
+        if handle.check_sxid:
+            self._clear_set_ids(handle)
         bucket = node.load_bucket()
         if bucket is None:
             return os.pwrite(fd, buf, off)
@@ -420,9 +459,22 @@ class IronFS(pyfuse3.Operations):
             size = node.size = os.fstat(fd).st_size
         return self.accounting.write(node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
 
-    # No flush handler: pyfuse3 answers ENOSYS, after which the kernel stops
-    # sending FLUSH on every close(2) (ironfs has nothing to flush per close:
-    # writes reach the backing file as they come).
+    def _clear_set_ids(self, handle: Handle) -> None:
+        """The first write through a handle of a set-ID file clears the bits its
+        opener may not keep (killpriv.py); again after a chmod or chown."""
+        handle.check_sxid = False
+        st = os.fstat(handle.fd)
+        if handle.opener is None or not st.st_mode & SXID:
+            return
+        clear = bits_to_clear(st.st_mode, st.st_gid, read_writer(*handle.opener))
+        if clear:
+            os.fchmod(handle.fd, stat.S_IMODE(st.st_mode) & ~clear)
+
+    async def flush(self, fh: int) -> None:
+        # ENOSYS, after which the kernel stops sending FLUSH on every close(2):
+        # writes reach the backing file as they come, there is nothing to flush.
+        self.requests["flush"] += 1
+        raise FUSEError(errno.ENOSYS)
 
     @handler
     def release(self, fh: int) -> None:
@@ -446,6 +498,7 @@ class IronFS(pyfuse3.Operations):
             os.close(handle.fd)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        self.requests["fsync"] += 1
         fd = self.handles[fh].fd
         try:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)

@@ -17,13 +17,17 @@ _AT_FDCWD = -100
 class Handle:
     """An open file: one backing fd per open, never one per inode."""
 
-    __slots__ = ("fd", "node", "wrote", "reading")
+    __slots__ = ("fd", "node", "wrote", "reading", "opener", "check_sxid")
 
     def __init__(self, fd: int, node: Node, wrote: bool = False) -> None:
         self.fd = fd
         self.node = node
         self.wrote = wrote  # created, truncated or written through this handle
         self.reading = Reading.NOT_READING  # what its reads count as (counting.py)
+        # Writable handles: who opened it (pid, uid, gid), and whether the next
+        # write must look at set-ID bits (killpriv.py).
+        self.opener: tuple[int, int, int] | None = None
+        self.check_sxid = False
 
 
 class DirHandle:

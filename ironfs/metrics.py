@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
@@ -37,6 +37,8 @@ class Tables(Protocol):
     def inodes(self) -> Sized: ...
     @property
     def handles(self) -> Sized: ...
+    @property
+    def requests(self) -> Mapping[str, int]: ...
 
 
 class LedgerCollector(Collector):
@@ -100,7 +102,7 @@ class LedgerCollector(Collector):
         yield ops
         yield from extra.values()
 
-    def _housekeeping(self) -> Iterator[GaugeMetricFamily]:
+    def _housekeeping(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         buckets = GaugeMetricFamily("ironfs_buckets", "Buckets tracked, in memory or evicted "
                                     "(bucket_cache)", labels=["where"])
         buckets.add_metric(["memory"], len(self.ledger))
@@ -111,6 +113,11 @@ class LedgerCollector(Collector):
                                     value=len(self.fs.inodes))
             yield GaugeMetricFamily("ironfs_open_files", "Open file handles",
                                     value=len(self.fs.handles))
+            requests = CounterMetricFamily("ironfs_fuse_requests", "FUSE requests answered, by operation",
+                                           labels=["op"])
+            for op, n in sorted(self.fs.requests.items()):
+                requests.add_metric([op], n)
+            yield requests
         yield GaugeMetricFamily("ironfs_flush_duration_seconds", "Duration of the last flush",
                                 value=self.store.last_flush_seconds)
         yield GaugeMetricFamily("ironfs_last_flush_timestamp_seconds", "When the last flush ended",

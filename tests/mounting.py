@@ -9,10 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ironfs.mountinfo import is_fuse_mount
 from ironfs.rules import PROFILES
@@ -128,3 +131,26 @@ def wait_for(predicate, timeout: float = 15.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def as_user(fn: Callable[[], None], cwd: Path, uid: int = 65534) -> int:
+    """Run *fn* in *cwd* in a child with *uid*; returns the errno it raised (0: none)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.chdir(cwd)  # pytest's temp root is 0700: enter before dropping root
+            os.setgid(uid)
+            os.setuid(uid)
+            fn()
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno or 255)
+        except BaseException:
+            os._exit(255)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -7,36 +7,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import orjson
 import pytest
 
 from tests.conftest import MiB
-from tests.mounting import Mount, assert_invariant, expect_errno, ledger, start_mount
+from tests.mounting import Mount, as_user, assert_invariant, expect_errno, ledger, start_mount
 
 
 def ironfs(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ironfs", *args], capture_output=True, text=True,
                           timeout=60)
-
-
-def as_user(fn: Callable[[], None], cwd: Path, uid: int = 65534) -> int:
-    """Run *fn* in *cwd* in a child with *uid*; returns the errno it raised (0: none)."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.chdir(cwd)  # pytest's temp root is 0700: enter before dropping root
-            os.setgid(uid)
-            os.setuid(uid)
-            fn()
-            os._exit(0)
-        except OSError as e:
-            os._exit(e.errno or 255)
-        except BaseException:
-            os._exit(255)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 def fill(path: Path, size: int) -> None:

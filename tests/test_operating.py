@@ -10,15 +10,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ironfs.logs import JournalFormatter
 from ironfs.mountinfo import is_fuse_mount
-from tests.mounting import clear_mount, ledger, require_fuse, start_mount, unavailable
+from tests.mounting import clear_mount, ledger, require_fuse, scrape, start_mount, unavailable
 from tests.s3server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,12 +92,6 @@ def _wait_for(predicate, timeout: float = 20) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple], float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_match_the_ledger(tmp_path: Path) -> None:
