@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .catalog import add_accounts, attach_stats, bucket_names, default_limits, read_record
+from .catalog import add_accounts, attach_stats, bucket_names, read_state
 from .config import Config, ConfigError, build_config
 from .control import Control, ControlError
 from .ledger import Bucket, Ledger
@@ -110,13 +110,15 @@ class Offline:
         self.ledger = Ledger()
         self.book = StatsBook()
         for name in bucket_names(root):
-            record = read_record(root, name, set_aside_corrupt=False)
-            if record is None:  # missing or corrupt: usage from a scan, default limits
+            state = read_state(cfg, name, set_aside_corrupt=False)
+            record = state.record
+            if record is None:  # missing or corrupt: usage from a scan
                 usage = scan_tree(os.path.join(root, name), cfg.profile)
-                bucket = self.ledger.add(name, default_limits(cfg), usage.used_bytes, usage.objects)
+                bucket = self.ledger.add(name, state.limits, usage.used_bytes, usage.objects)
             else:
-                bucket = self.ledger.add(name, record.limits, record.used_bytes, record.objects)
+                bucket = self.ledger.add(name, state.limits, record.used_bytes, record.objects)
                 bucket.dirty = False
+            bucket.limits_dirty = state.limits_dirty
             attach_stats(root, self.book, bucket, set_aside_corrupt=False)
         try:
             add_accounts(self.ledger, load_accounts(root))
@@ -169,7 +171,7 @@ class Offline:
 
 
 def _why(e: OSError, what: str) -> str:
-    if e.errno == errno.EPERM:
+    if e.errno in (errno.EPERM, errno.EACCES):
         return f"{what}: permission denied (root or the mount's admin_uid only)"
     if e.errno == errno.ENODATA:
         return f"{what}: not found (is this an ironfs bucket or mount root?)"

@@ -239,7 +239,7 @@ class Mounted:
             s.bind(("127.0.0.1", 0))
             self.metrics = f"127.0.0.1:{s.getsockname()[1]}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ironfs", str(backing), str(mnt), "-o",
+            [sys.executable, "-P", "-m", "ironfs", str(backing), str(mnt), "-o",
              f"bucket_quota_bytes=none,metrics={self.metrics}", "--log-level", "warning"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60

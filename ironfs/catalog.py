@@ -13,10 +13,13 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from .config import Config
 from .ledger import Bucket, Ledger, Limits
-from .rules import QUOTA_FILE, STATS_DIR, is_bucket_name, is_bucket_state
+from .rules import LIMITS_FILE, QUOTA_FILE, STATS_DIR, is_bucket_name, is_bucket_state
 from .scanner import Usage, scan_buckets, scan_tree
 from .state import (
     AccountRecord,
@@ -24,6 +27,7 @@ from .state import (
     QuotaRecord,
     archive_bucket_state,
     load_accounts,
+    load_limits,
     load_quota,
     load_stats,
     remove_unfinished_writes,
@@ -36,6 +40,7 @@ from .stats import COUNTERS, StatsBook
 from .store import StateStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def default_limits(cfg: Config) -> Limits:
@@ -55,24 +60,53 @@ def bucket_names(root: bytes) -> list[bytes]:
                       if is_bucket_name(e.name) and e.is_dir(follow_symlinks=False))
 
 
-def read_record(root: bytes, name: bytes, set_aside_corrupt: bool = True) -> QuotaRecord | None:
-    """The bucket's ``.quota``, or None when missing or corrupt (set aside, logged)."""
-    bucket_dir = os.path.join(root, name)
+@dataclass(slots=True)
+class StoredState:
+    """What a bucket's state files say (reads them)."""
+
+    record: QuotaRecord | None  # usage and limits from .quota, if usable
+    limits: Limits  # the limits to apply
+    limits_dirty: bool  # .ironfs-limits is to be (re)written
+
+
+def read_state(cfg: Config, name: bytes, set_aside_corrupt: bool = True) -> StoredState:
+    """A bucket's ``.quota`` and its limits.  The limits come from ``.quota``,
+    else from ``.ironfs-limits`` (which a lost ``.quota`` leaves intact), else
+    they are the defaults -- logged as an error when a limit file existed and
+    neither can be read."""
+    bucket_dir = os.path.join(cfg.backing, name)
+    record, quota_corrupt = _read_state_file(bucket_dir, QUOTA_FILE, load_quota, set_aside_corrupt)
+    saved, limits_corrupt = _read_state_file(bucket_dir, LIMITS_FILE, load_limits, set_aside_corrupt)
+    if record is not None:
+        return StoredState(record, record.limits, saved != record.limits)
+    if saved is not None:
+        if quota_corrupt:
+            log.warning("bucket %s: limits recovered from %s", os.fsdecode(name), os.fsdecode(LIMITS_FILE))
+        return StoredState(None, saved, False)
+    if quota_corrupt or limits_corrupt:
+        log.error("bucket %s: its limits cannot be recovered (.quota and %s are unusable); the "
+                  "default limits apply until an administrator sets them again",
+                  os.fsdecode(name), os.fsdecode(LIMITS_FILE))
+    return StoredState(None, default_limits(cfg), True)
+
+
+def _read_state_file(bucket_dir: bytes, name: bytes, load: Callable[[bytes], T | None],
+                     set_aside_corrupt: bool) -> tuple[T | None, bool]:
+    """(content, whether it was corrupt); a corrupt file is set aside and logged."""
     try:
-        return load_quota(bucket_dir)
+        return load(bucket_dir), False
     except CorruptState as e:
-        shown = os.fsdecode(name)
+        shown = os.fsdecode(os.path.join(os.path.basename(bucket_dir), name))
         if not set_aside_corrupt:
-            log.warning("bucket %s: .quota is corrupt (%s)", shown, e)
-            return None
+            log.warning("%s is corrupt (%s)", shown, e)
+            return None, True
         try:
-            kept = set_aside(bucket_dir, b".quota", utc_now())
-            log.error("bucket %s: .quota is corrupt (%s); kept as %s, rebuilding by scan",
-                      shown, e, os.fsdecode(kept))
+            kept = set_aside(bucket_dir, name, utc_now())
+            log.error("%s is corrupt (%s); kept as %s, rebuilding it", shown, e, os.fsdecode(kept))
         except OSError as err:
-            log.error("bucket %s: .quota is corrupt (%s) and could not be set aside (%s); "
-                      "rebuilding by scan", shown, e, err.strerror)
-        return None
+            log.error("%s is corrupt (%s) and could not be set aside (%s); rebuilding it",
+                      shown, e, err.strerror)
+        return None, True
 
 
 def attach_stats(root: bytes, book: StatsBook, bucket: Bucket, set_aside_corrupt: bool = True) -> None:
@@ -150,27 +184,31 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
                  show_progress: bool = True) -> None:
     """Fill *ledger* with every bucket of the backing root before serving."""
     started = time.monotonic()
-    to_scan: dict[bytes, tuple[Limits, QuotaRecord | None]] = {}
+    to_scan: dict[bytes, StoredState] = {}
     if not trust_usage:
         _remove_unfinished(cfg.backing, state_dir(cfg.backing))
     for name in bucket_names(cfg.backing):
         if not trust_usage:
             bucket_dir = os.path.join(cfg.backing, name)
-            # The bucket's top may hold millions of objects: only .quota's temp name.
-            _remove_unfinished(cfg.backing, bucket_dir, [QUOTA_FILE])
+            # The bucket's top may hold millions of objects: only the state files' temp names.
+            _remove_unfinished(cfg.backing, bucket_dir, [QUOTA_FILE, LIMITS_FILE])
             _remove_unfinished(cfg.backing, os.path.join(bucket_dir, STATS_DIR))
-        record = read_record(cfg.backing, name)
+        state = read_state(cfg, name)
+        record = state.record
         if record is not None and trust_usage:
-            bucket = ledger.add(name, record.limits, record.used_bytes, record.objects)
+            bucket = ledger.add(name, state.limits, record.used_bytes, record.objects)
             bucket.dirty = False
+            bucket.limits_dirty = state.limits_dirty
         else:
-            to_scan[name] = (record.limits if record is not None else default_limits(cfg), record)
+            to_scan[name] = state
     if to_scan:
         log.info("scanning %d bucket(s)", len(to_scan))
 
     def done(name: bytes, usage: Usage) -> None:
-        limits, record = to_scan[name]
-        bucket = ledger.add(name, limits, usage.used_bytes, usage.objects)
+        state = to_scan[name]
+        record = state.record
+        bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects)
+        bucket.limits_dirty = state.limits_dirty
         # A .quota that already says what the scan found needs no rewrite: a
         # restart after a crash rewrites only the buckets that changed.
         bucket.dirty = record is None or (record.used_bytes, record.objects) != (
@@ -226,12 +264,12 @@ def add_accounts(ledger: Ledger, records: list[AccountRecord]) -> None:
 
 def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
     """A bucket directory that appeared behind the mount's back: scan and track it."""
-    record = read_record(cfg.backing, name)
-    limits = record.limits if record is not None else default_limits(cfg)
+    state = read_state(cfg, name)
     usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
     log.warning("bucket %s appeared on the backing root; tracking it (%d bytes, %d objects)",
                 os.fsdecode(name), usage.used_bytes, usage.objects)
-    bucket = ledger.add(name, limits, usage.used_bytes, usage.objects)
+    bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects)
+    bucket.limits_dirty = state.limits_dirty
     attach_stats(cfg.backing, book, bucket)
     return bucket
 
@@ -239,13 +277,15 @@ def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> B
 def reload_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
     """An evicted bucket is used again: its ``.quota`` was written exactly at
     eviction, so it is trusted; if it has gone missing or corrupt since, scan."""
-    record = read_record(cfg.backing, name)
+    state = read_state(cfg, name)
+    record = state.record
     if record is None:
         log.warning("bucket %s: no usable .quota to reload it from; scanning", os.fsdecode(name))
         usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
-        bucket = ledger.readmit(name, default_limits(cfg), usage.used_bytes, usage.objects)
+        bucket = ledger.readmit(name, state.limits, usage.used_bytes, usage.objects)
     else:
-        bucket = ledger.readmit(name, record.limits, record.used_bytes, record.objects)
+        bucket = ledger.readmit(name, state.limits, record.used_bytes, record.objects)
+    bucket.limits_dirty = state.limits_dirty
     attach_stats(cfg.backing, book, bucket)
     log.debug("bucket %s reloaded", bucket.display_name)
     return bucket

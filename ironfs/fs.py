@@ -530,9 +530,15 @@ class IronFS(pyfuse3.Operations):
         parent = dh.node
         if start_id == 0 or dh.names is None:
             dh.names = self.tree.list_names(parent)
+        # "." and ".." first (ids 1 and 2), as every directory has them; the
+        # kernel takes no reference for them, so they count no lookup.
+        for i, (dot, node) in enumerate(((b".", parent), (b"..", parent.parent or self.root))):
+            if start_id <= i and not pyfuse3.readdir_reply(
+                    token, dot, self._entry(node, self.tree.lstat(node)), i + 1):
+                return
         base = self.tree.target(parent)
         names = dh.names
-        for i in range(start_id, len(names)):
+        for i in range(max(start_id - 2, 0), len(names)):
             name = names[i]
             try:
                 st = os.lstat(base + b"/" + name)
@@ -540,7 +546,7 @@ class IronFS(pyfuse3.Operations):
                 continue
             bucket, is_state = self.tree.classify(parent, name, st)
             node = self.inodes.attach(parent, name, st, bucket, is_state)
-            if not pyfuse3.readdir_reply(token, name, self._entry(node, st), i + 1):
+            if not pyfuse3.readdir_reply(token, name, self._entry(node, st), i + 3):
                 self.inodes.collect(node)
                 return
             node.lookups += 1

@@ -109,17 +109,22 @@ class Meter:
 
 
 class Bucket(Meter):
-    __slots__ = ("stats", "account", "idle", "evicted", "__weakref__")
+    __slots__ = ("stats", "account", "idle", "evicted", "limits_dirty", "__weakref__")
     kind = "bucket"
     name: bytes
 
     def __init__(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0):
         super().__init__(name, limits, used_bytes, objects)
+        self.limits_dirty = True  # .ironfs-limits to be written (loaders clear it)
         self.stats: MonthCounters | None = None  # this month's counters, owned by stats.StatsBook
         self.account: Account | None = None
         self.idle = 0  # flush ticks since it last changed (eviction order)
         # Once evicted: the ledger that will reload it, then the reloaded bucket.
         self.evicted: Ledger | Bucket | None = None
+
+    def set_limits(self, limits: Limits) -> None:
+        super().set_limits(limits)
+        self.limits_dirty = True
 
     def load_live(self) -> Bucket:
         """This bucket, or once evicted, the live bucket that replaced it

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             sock.bind(address)
             sock.settimeout(0.2)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ironfs", source, target, "-o", opts],
+                # -P: never import an "ironfs" directory from the caller's cwd.
+                [sys.executable, "-P", "-m", "ironfs", source, target, "-o", opts],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
                 start_new_session=True, env={**os.environ, "NOTIFY_SOCKET": address})
             if wait_ready(sock, proc):

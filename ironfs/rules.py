@@ -15,6 +15,9 @@ QUOTA_FILE = b".quota"
 STATS_DIR = b".stats"
 #: Prefix of ironfs's temporary and set-aside files inside a bucket directory.
 STATE_PREFIX = b".ironfs"
+#: The bucket's limits alone, rewritten only when they change: an
+#: administrator's limit survives the loss of ``.quota`` (which a crash rebuilds).
+LIMITS_FILE = STATE_PREFIX + b"-limits"
 #: Mount-wide state directory at the backing root.
 ROOT_STATE_DIR = b".ironfs"
 

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .ledger import Bucket, Ledger, Limits
-from .rules import QUOTA_FILE, ROOT_STATE_DIR, STATE_PREFIX, STATS_DIR
+from .rules import LIMITS_FILE, QUOTA_FILE, ROOT_STATE_DIR, STATE_PREFIX, STATS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +226,23 @@ def set_aside(bucket_dir: bytes, name: bytes, now: datetime) -> bytes:
     target = STATE_PREFIX + b"-corrupt" + name + b"." + now.strftime("%Y%m%dT%H%M%SZ").encode()
     os.rename(os.path.join(bucket_dir, name), os.path.join(bucket_dir, target))
     return target
+
+
+# -- .ironfs-limits: the administrator's limits, written only when they change -------
+
+def limits_json(limits: Limits, now: datetime) -> bytes:
+    return orjson.dumps({**limits_doc(limits), "last_updated": iso(now), "format": QUOTA_FORMAT},
+                        option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def load_limits(bucket_dir: bytes) -> Limits | None:
+    """The bucket's ``.ironfs-limits``; None if missing.  Raises CorruptState."""
+    data = _read_state(os.path.join(bucket_dir, LIMITS_FILE))
+    return None if data is None else _limits(json_object(data), "max_bytes")
+
+
+def limits_target(root: bytes, bucket_name: bytes) -> tuple[bytes, bytes]:
+    return os.path.join(root, bucket_name), LIMITS_FILE
 
 
 def save_quota(root: bytes, bucket_name: bytes, payload: bytes) -> None:

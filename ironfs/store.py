@@ -18,6 +18,8 @@ from .state import (
     accounts_json,
     accounts_target,
     atomic_write,
+    limits_json,
+    limits_target,
     quota_json,
     quota_target,
     save_quota,
@@ -45,12 +47,15 @@ class Item:
     bucket: Bucket | None  # None: the accounts file
     name: bytes  # the bucket's name when the snapshot was taken
     payload: bytes
-    counters: MonthCounters | None = None  # None: the .quota file
+    counters: MonthCounters | None = None  # None: the .quota file (or .ironfs-limits)
+    limits: bool = False  # the .ironfs-limits file
 
     def target(self, root: bytes) -> tuple[bytes, bytes]:
         """(directory, file name) of the state file."""
         if self.bucket is None:
             return accounts_target(root)
+        if self.limits:
+            return limits_target(root, self.name)
         if self.counters is None:
             return quota_target(root, self.name)
         return stats_target(root, self.name, self.counters.month)
@@ -80,6 +85,9 @@ class StateStore:
                 bucket.idle = 0
             else:
                 bucket.idle += 1
+            if bucket.limits_dirty:
+                bucket.limits_dirty = False
+                items.append(Item(bucket, bucket.name, limits_json(bucket.limits, now), limits=True))
             if bucket.dirty:
                 bucket.dirty = False
                 items.append(Item(bucket, bucket.name, quota_json(bucket, now)))
@@ -178,7 +186,9 @@ class StateStore:
                 continue
             if self.ledger.get(bucket.name) is not bucket:
                 continue
-            if item.counters is None:
+            if item.limits:
+                bucket.limits_dirty = True
+            elif item.counters is None:
                 bucket.dirty = True
             elif item.counters is bucket.stats:
                 item.counters.dirty = True
@@ -194,7 +204,8 @@ class StateStore:
             return 0
         owed = {id(b) for b, _ in self.book.closed}
         idle = [b for b in self.ledger
-                if not b.dirty and not (b.stats is not None and b.stats.dirty) and id(b) not in owed
+                if not b.dirty and not b.limits_dirty and not (b.stats is not None and b.stats.dirty)
+                and id(b) not in owed
                 and b.name not in self._failing]
         idle.sort(key=lambda b: b.idle, reverse=True)
         for bucket in idle[:excess]:
@@ -212,6 +223,8 @@ class StateStore:
         now = utc_now()
         save_quota(self.root, bucket.name, quota_json(bucket, now))
         bucket.dirty = False
+        atomic_write(*limits_target(self.root, bucket.name), limits_json(bucket.limits, now))
+        bucket.limits_dirty = False
         pending = [c for b, c in self.book.closed if b is bucket]
         self.book.closed = [(b, c) for b, c in self.book.closed if b is not bucket]
         current = self.book.current(bucket)

@@ -136,6 +136,53 @@ def test_limits_survive_a_rescan(tmp_path: Path) -> None:
         m.stop()
 
 
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "crash"])
+def test_an_administrators_limit_survives_the_loss_of_quota(tmp_path: Path, damage: str) -> None:
+    backing = tmp_path / "backing"
+    populate(backing)
+    m = start_mount(backing, tmp_path / "s3")
+    try:
+        os.setxattr(m.mnt / "beta", "user.ironfs.max_bytes", b"8000")
+        os.setxattr(m.mnt / "beta", "user.ironfs.max_objects", b"5")
+    finally:
+        m.stop()
+    if damage == "missing":
+        (backing / "beta" / ".quota").unlink()
+    else:
+        (backing / "beta" / ".quota").write_bytes(b"{torn")
+    if damage == "crash":
+        (backing / ".ironfs" / "clean").unlink()  # as after a SIGKILL: everything is rescanned
+    m = start_mount(backing, tmp_path / "s3")
+    try:
+        assert os.getxattr(m.mnt / "beta", "user.ironfs.max_bytes") == b"8000"
+        assert os.getxattr(m.mnt / "beta", "user.ironfs.max_objects") == b"5"
+        assert ledger(m.mnt, "beta") == scan(backing, "beta")
+        if damage != "missing":
+            assert "limits recovered from .ironfs-limits" in m.log_text()
+    finally:
+        m.stop()
+    assert quota_file(backing, "beta")["max_size_bytes"] == 8000
+
+
+def test_a_limit_that_cannot_be_recovered_is_an_error(tmp_path: Path) -> None:
+    backing = tmp_path / "backing"
+    populate(backing)
+    m = start_mount(backing, tmp_path / "s3")
+    try:
+        os.setxattr(m.mnt / "beta", "user.ironfs.max_bytes", b"8000")
+    finally:
+        m.stop()
+    (backing / "beta" / ".quota").write_bytes(b"{torn")
+    (backing / "beta" / ".ironfs-limits").write_bytes(b"")
+    m = start_mount(backing, tmp_path / "s3", options=["bucket_quota_bytes=1GiB"])
+    try:
+        assert os.getxattr(m.mnt / "beta", "user.ironfs.max_bytes") == str(1 << 30).encode()
+        errors = [line for line in m.log_text().splitlines() if "cannot be recovered" in line]
+        assert len(errors) == 1 and "ERROR" in errors[0]
+    finally:
+        m.stop()
+
+
 def test_second_mount_on_same_backing_is_refused(tmp_path: Path) -> None:
     m = start_mount(tmp_path / "backing", tmp_path / "s3")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -244,8 +245,9 @@ def test_rename_noreplace_and_exchange(mount: Mount, bucket: str, bpath: Path) -
     other.mkdir()
     write_file(bpath / "a", 100)
     write_file(other / "b", 300)
-    expect_errno(errno.EEXIST, renameat2, bpath / "a", bpath / "a2", RENAME_NOREPLACE) \
-        if (bpath / "a2").exists() else None
+    renameat2(bpath / "a", bpath / "a1", RENAME_NOREPLACE)  # onto no name: a plain rename
+    renameat2(bpath / "a1", bpath / "a", RENAME_NOREPLACE)
+    assert ledger(mount.mnt, bucket) == (100, 1)
     write_file(bpath / "a2", 5)
     expect_errno(errno.EEXIST, renameat2, bpath / "a", bpath / "a2", RENAME_NOREPLACE)
     renameat2(bpath / "a", other / "b", RENAME_EXCHANGE)
@@ -325,12 +327,34 @@ def test_bucket_lifecycle_mkdir_rename_rmdir(mount: Mount) -> None:
     assert not (mount.mnt / name).exists()
 
 
-def test_top_level_files_and_dot_dirs_are_never_charged(mount: Mount) -> None:
+def test_top_level_files_and_dot_dirs_are_never_charged(mount: Mount, bucket: str) -> None:
+    buckets = sorted(p.name for p in mount.mnt.iterdir() if p.is_dir() and not p.name.startswith("."))
+    before = {b: ledger(mount.mnt, b) for b in buckets}
     (mount.mnt / ".scratch").mkdir(exist_ok=True)
+    # 3 MiB each, past every bucket's 1 MiB default: refused if charged anywhere.
     write_file(mount.mnt / ".scratch" / "big", 3 * MiB)
     write_file(mount.mnt / "toplevel.bin", 3 * MiB)
+    assert (mount.mnt / "toplevel.bin").stat().st_size == 3 * MiB
+    assert {b: ledger(mount.mnt, b) for b in buckets} == before
+    assert_invariant(mount, *buckets)
     os.unlink(mount.mnt / "toplevel.bin")
     os.unlink(mount.mnt / ".scratch" / "big")
+    assert {b: ledger(mount.mnt, b) for b in buckets} == before
+
+
+def test_listings_show_dot_and_dotdot_as_on_the_backing(mount: Mount, bucket: str, bpath: Path) -> None:
+    (bpath / "sub").mkdir()
+    for i in range(300):  # many readdir calls: offsets must line up across them
+        (bpath / f"f{i:03d}").write_bytes(b"")
+    for rel in ("", "sub"):
+        shown = subprocess.run(["ls", "-a", "-1", str(bpath / rel)], capture_output=True, text=True,
+                               check=True).stdout.split()
+        raw = subprocess.run(["ls", "-a", "-1", str(mount.backing / bucket / rel)], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert shown == [n for n in raw if n not in (".quota", ".stats")]
+        assert shown[:2] == [".", ".."] and len(shown) == (303 if not rel else 2)
+    assert os.stat(bpath / "sub" / "..").st_ino == os.stat(bpath).st_ino
+    assert os.stat(bpath / "..").st_ino == os.stat(mount.mnt).st_ino
 
 
 def test_symlinks_and_fifos_pass_through_uncharged(mount: Mount, bucket: str, bpath: Path) -> None:

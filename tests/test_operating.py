@@ -87,6 +87,24 @@ def test_mount_helper_and_fstab(tmp_path: Path) -> None:
         helper.unlink()
 
 
+def test_mount_helper_ignores_an_ironfs_directory_in_its_cwd(tmp_path: Path) -> None:
+    require_fuse()
+    decoy = tmp_path / "checkout"
+    (decoy / "ironfs").mkdir(parents=True)
+    (decoy / "ironfs" / "__init__.py").write_text("raise ImportError('the decoy was imported')\n")
+    backing, mnt, log = tmp_path / "backing", tmp_path / "s3", tmp_path / "ironfs.log"
+    backing.mkdir()
+    mnt.mkdir()
+    script = shutil.which("mount.fuse.ironfs") or str(Path(sys.executable).parent / "mount.fuse.ironfs")
+    try:
+        r = subprocess.run([script, str(backing), str(mnt), "-o", f"log_file={log}"], cwd=decoy,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert is_fuse_mount(os.fsencode(mnt))
+    finally:
+        clear_mount(mnt)
+
+
 def _wait_for(predicate, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
