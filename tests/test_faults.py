@@ -110,7 +110,7 @@ def test_eio_while_writing_state_keeps_the_old_file(tmp_path: Path, monkeypatch:
     assert [r.getMessage() for r in caplog.records] == [
         "flush of bucket b failed: Input/output error; retrying every tick"]
     assert (tmp_path / "b" / ".quota").read_bytes() == good
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".quota", ".stats"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".ironfs-limits", ".quota", ".stats"]
     assert bucket.dirty  # still owed to the disk
     failing["on"] = False
     assert store.flush_now()
