@@ -76,6 +76,7 @@ def handler(fn: Callable[Concatenate[IronFS, P], R]
         except QuotaExceeded as e:
             self.rejections += 1
             self.counting.rejected(e.bucket)
+            self.ledger.refusals.refused(e)
             log.debug("refused: %s", e)
             raise FUSEError(self.quota_errno) from None
     functools.update_wrapper(wrapper, fn)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .stats import MonthCounters
 
+from .limitlog import RefusalLog, hard_crossing, soft_crossing
+
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
@@ -73,7 +75,7 @@ def _thresholds(limits: Limits) -> tuple[int | None, int | None]:
 class Meter:
     """Usage against limits: what buckets and accounts have in common."""
 
-    __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "over_soft",
+    __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "over_soft", "at_hard",
                  "hard_bytes", "soft_limit")
     kind = "meter"
 
@@ -84,6 +86,7 @@ class Meter:
         self.dirty = True
         self.set_limits(limits)
         self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
+        self.at_hard = False  # logged as having reached its hard limit (limitlog.py)
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = _shared(limits)
@@ -161,6 +164,7 @@ class Ledger:
         self.evicted: dict[bytes, tuple[Account | None, int, int]] = {}
         self._stubs: weakref.WeakValueDictionary[bytes, Bucket] = weakref.WeakValueDictionary()
         self.loader: Callable[[bytes], Bucket] | None = None
+        self.refusals = RefusalLog()
 
     # -- membership -------------------------------------------------------
     def add(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0) -> Bucket:
@@ -406,13 +410,9 @@ class Ledger:
         meter.dirty = True
         soft = meter.soft_limit
         if soft is not None and (used > soft) != meter.over_soft:
-            self._soft_crossed(meter)
-
-    @staticmethod
-    def _soft_crossed(meter: Meter) -> None:
-        meter.over_soft = not meter.over_soft
-        if meter.over_soft:
-            log.warning("%s %s is over its soft limit: %d of %s bytes",
-                        meter.kind, meter.display_name, meter.used_bytes, meter.soft_limit)
-        else:
-            log.info("%s %s is back under its soft limit", meter.kind, meter.display_name)
+            soft_crossing(meter)
+        hard = meter.hard_bytes
+        if meter.at_hard or (hard is not None and used >= hard) or (
+                nobjects > 0 and meter.limits.max_objects is not None
+                and meter.objects >= meter.limits.max_objects):
+            hard_crossing(meter)

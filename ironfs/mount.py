@@ -44,6 +44,7 @@ async def _flusher(ops: IronFS, store: StateStore, metrics: Metrics, interval: f
     while True:
         await trio.sleep(interval)
         ops.counting.commit_heads()
+        ops.ledger.refusals.tick()
         items = store.snapshot()
         if items:
             failed = await trio.to_thread.run_sync(store.write, items)
@@ -158,6 +159,7 @@ def run(cfg: Config) -> None:
         notify("STOPPING=1")
         ops.release_all()
         ops.counting.commit_heads(everything=True)
+        ops.ledger.refusals.tick(force=True)
         if not store.flush_now():
             log.error("final flush failed: the next start will rescan")
             return

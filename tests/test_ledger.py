@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from ironfs.ledger import Ledger, Limits, QuotaExceeded
+from ironfs.limitlog import RefusalLog
 
 
 def make(max_bytes: int | None = 100, **kw: int | None) -> tuple[Ledger, object]:
@@ -277,3 +278,45 @@ def test_removing_an_evicted_bucket_frees_its_account() -> None:
     ledger, b, acct = evicted_member(5, 0)
     ledger.remove(b"b")
     assert acct.used_bytes == 0 and ledger.known() == 0
+
+
+def limit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ironfs.ledger"]
+
+
+def test_hovering_at_the_soft_limit_logs_each_crossing_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ironfs.ledger")
+    ledger, b = make(1000)  # soft limit 900
+    ledger.charge(b, 890)
+    for _ in range(500):  # an S3 server overwriting one object around the soft limit
+        ledger.charge(b, 20)
+        ledger.refund(b, 20)
+    assert limit_lines(caplog) == ["bucket b is over its soft limit: 910 of 900 bytes"]
+    ledger.refund(b, 30)  # 860: under the soft limit, but within the margin
+    assert len(limit_lines(caplog)) == 1
+    ledger.refund(b, 20)  # 840 <= 95 % of 900
+    assert limit_lines(caplog)[1:] == ["bucket b is back under its soft limit"]
+
+
+def test_the_hard_limit_is_logged_once_and_refusals_summed_up(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ironfs.ledger")
+    now = [0.0]
+    ledger, b = make(1000)
+    ledger.refusals = RefusalLog(clock=lambda: now[0], interval=60)
+    ledger.charge(b, 1000)
+    for _ in range(300):
+        with pytest.raises(QuotaExceeded) as info:
+            ledger.charge(b, 10)
+        ledger.refusals.refused(info.value)
+        ledger.refund(b, 5)  # deletes and overwrites near the limit: no new lines
+        ledger.charge(b, 5)
+        now[0] += 0.1
+    ledger.refusals.tick()  # 30 s: too early for the summary
+    now[0] += 31
+    ledger.refusals.tick()
+    ledger.refund(b, 100)  # 900: not yet 95 % of the limit
+    ledger.refund(b, 100)
+    lines = [line for line in limit_lines(caplog) if "soft" not in line]
+    assert lines == ["bucket b reached its hard limit (bytes): growth is refused",
+                     "bucket b: 300 request(s) refused in the last 61 s (bucket b's bytes limit)",
+                     "bucket b is below its hard limit again"]

@@ -393,3 +393,20 @@ def test_chmod_chown_utime_pass_through(mount: Mount, bucket: str, bpath: Path) 
     os.utime(bpath / "f", ns=(1_000_000_000, 2_000_000_000))
     st = os.stat(mount.backing / bucket / "f")
     assert (st.st_mode & 0o777, st.st_uid, st.st_gid, st.st_mtime_ns) == (0o600, 123, 456, 2 * 10**9)
+
+
+def test_limit_crossings_are_logged_once(mount: Mount, bucket: str, bpath: Path) -> None:
+    f = bpath / "obj"
+    write_file(f, 900 * KiB)  # the soft limit is 90 % of 1 MiB
+    for _ in range(100):  # over the soft limit and back, but not far enough back
+        os.truncate(f, 950 * KiB)
+        os.truncate(f, 900 * KiB)
+    for _ in range(20):
+        expect_errno(errno.ENOSPC, os.truncate, f, MiB + 1)
+    os.truncate(f, MiB)
+    for _ in range(20):
+        expect_errno(errno.ENOSPC, os.truncate, f, MiB + 1)
+    lines = [line for line in mount.log_text().splitlines() if f"bucket {bucket} " in line]
+    assert sum("over its soft limit" in line for line in lines) == 1
+    assert sum("reached its hard limit" in line for line in lines) == 1
+    assert not any("back under" in line or "below its hard limit" in line for line in lines)
