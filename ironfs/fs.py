@@ -109,7 +109,7 @@ class IronFS(pyfuse3.Operations):
     def _entry(self, node: Node, st: os.stat_result) -> EntryAttributes:
         e = EntryAttributes()
         e.st_ino = node.ino
-        e.generation = 0
+        e.generation = node.generation
         e.entry_timeout = self.cfg.entry_timeout
         e.attr_timeout = self.cfg.attr_timeout
         for field in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",

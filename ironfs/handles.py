@@ -45,8 +45,8 @@ def pending_bytes(handles: Mapping[int, Handle]) -> dict[int, int]:
     for handle in handles.values():
         node = handle.node
         bucket = node.load_bucket() if node.unlinked else None
-        if bucket is not None and node.ino not in seen:
-            seen.add(node.ino)
+        if bucket is not None and id(node) not in seen:
+            seen.add(id(node))
             size = node.size if node.size is not None else os.fstat(handle.fd).st_size
             pending[id(bucket)] = pending.get(id(bucket), 0) + size
     return pending

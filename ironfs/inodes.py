@@ -24,17 +24,21 @@ ROOT_INODE = 1
 LONG_PATH = 3072
 #: Open O_PATH fds of such ancestors kept for reuse.
 ANCHORS = 256
+#: Node ids from here up are made up (files on other devices); backing inode
+#: numbers are far below.
+SYNTHETIC_INODES = 1 << 62
 
 
 class Node:
     __slots__ = (
-        "ino", "key", "parent", "name", "extra_links", "lookups", "children",
+        "ino", "generation", "key", "parent", "name", "extra_links", "lookups", "children",
         "open", "_bucket", "size", "unlinked", "is_state", "fresh", "busy_at", "read_at",
     )
 
     def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
                  bucket: Bucket | None, is_state: bool) -> None:
         self.ino = ino
+        self.generation = 0  # bumped when the backing filesystem reuses the number
         self.key = key
         self.parent = parent
         self.name = name
@@ -85,7 +89,8 @@ class InodeTable:
         self.root.lookups = 1  # the kernel never forgets the root
         self._by_ino: dict[int, Node] = {ROOT_INODE: self.root}
         self._by_key: dict[tuple[int, int], Node] = {root_key: self.root}
-        self._next_ino = ROOT_INODE + 1
+        self._dev = root_key[0]
+        self._next_synthetic = SYNTHETIC_INODES
         self._anchors: OrderedDict[Node, int] = OrderedDict()
 
     def __len__(self) -> int:
@@ -192,14 +197,37 @@ class InodeTable:
         key = (st.st_dev, st.st_ino)
         node = self._by_key.get(key)
         if node is None:
-            node = Node(self._next_ino, key, parent, name, bucket, is_state)
-            self._next_ino += 1
+            node = Node(self._node_id(key), key, parent, name, bucket, is_state)
+            old = self._by_ino.get(node.ino)
+            if old is not None:
+                self._supersede(old, node)
             parent.children += 1
             self._by_ino[node.ino] = node
             self._by_key[key] = node
         elif node.parent is not parent or node.name != name:
             self._add_link(node, parent, name)
         return node
+
+    def _node_id(self, key: tuple[int, int]) -> int:
+        """The backing file's own inode number, so that st_ino stays what it
+        is on the backing filesystem whatever the kernel forgets; a made-up one
+        for files on another device (a filesystem mounted inside the backing
+        root) and for numbers FUSE reserves."""
+        dev, ino = key
+        if dev == self._dev and ino > ROOT_INODE and ino < SYNTHETIC_INODES:
+            return ino
+        self._next_synthetic += 1
+        return self._next_synthetic
+
+    @staticmethod
+    def _supersede(old: Node, new: Node) -> None:
+        """The backing filesystem gave a deleted file's number to *new* while
+        the kernel may still hold *old* under it.  A new generation tells the
+        kernel they differ (it retires its old inode); FORGETs name only the
+        number, so the lookups still owed move to the new node.  *old* lives on
+        for whatever still refers to it (handles, children)."""
+        new.generation = old.generation + 1
+        new.lookups, old.lookups = old.lookups, 0
 
     def _add_link(self, node: Node, parent: Node, name: bytes) -> None:
         if node.parent is None:
@@ -227,7 +255,8 @@ class InodeTable:
         """Drop *node* if nothing refers to it any more, then its ancestors."""
         while (node is not self.root and node.lookups == 0 and node.children == 0
                and node.open == 0):
-            del self._by_ino[node.ino]
+            if self._by_ino.get(node.ino) is node:  # (not if superseded)
+                del self._by_ino[node.ino]
             parent = self._detach(node)
             if parent is None:
                 return

@@ -35,14 +35,35 @@ def test_same_backing_inode_is_one_node_with_links() -> None:
     assert t.path(a) == b"/backing/d/b"
 
 
+def test_node_ids_are_the_backing_inode_numbers() -> None:
+    t = table()
+    f = t.remember(t.root, b"f", st(5827), None, False)
+    assert f.ino == 5827 and f.generation == 0
+    t.forget(f.ino, 1)  # the kernel forgot it (drop_caches)
+    again = t.remember(t.root, b"f", st(5827), None, False)
+    assert again.ino == 5827  # the same st_ino, whatever the kernel forgot
+
+
+def test_other_devices_and_reserved_numbers_get_made_up_ids() -> None:
+    t = table()
+    foreign = t.remember(t.root, b"m", SimpleNamespace(st_dev=9, st_ino=5827), None, False)
+    one = t.remember(t.root, b"one", st(1), None, False)
+    mine = t.remember(t.root, b"f", st(5827), None, False)
+    assert mine.ino == 5827 and len({foreign.ino, one.ino, mine.ino, ROOT_INODE}) == 4
+
+
 def test_a_gone_inode_number_is_free_for_a_new_file() -> None:
     t = table()
     old = t.remember(t.root, b"f", st(11), None, False)
     t.gone(old)  # unlinked; the kernel still holds `old`
     new = t.remember(t.root, b"g", st(11), None, False)  # ext4 reused the number
-    assert new is not old and t.get(old.ino) is old and t.by_key((1, 11)) is new
-    t.forget(old.ino, 1)
-    assert t.by_key((1, 11)) is new
+    # The same number in a new generation: the kernel retires its old inode.
+    assert new is not old and new.ino == old.ino == 11 and new.generation == old.generation + 1
+    assert t.get(11) is new and t.by_key((1, 11)) is new
+    t.forget(11, 1)  # the old inode's FORGET: the number stays for the new file
+    assert t.get(11) is new and t.by_key((1, 11)) is new
+    t.forget(11, 1)
+    assert len(t) == 1
 
 
 def test_parents_live_while_children_are_known() -> None:

@@ -410,3 +410,33 @@ def test_limit_crossings_are_logged_once(mount: Mount, bucket: str, bpath: Path)
     assert sum("over its soft limit" in line for line in lines) == 1
     assert sum("reached its hard limit" in line for line in lines) == 1
     assert not any("back under" in line or "below its hard limit" in line for line in lines)
+
+
+def test_inode_numbers_are_the_backing_ones_and_stay(mount: Mount, bucket: str, bpath: Path) -> None:
+    write_file(bpath / "f", 10)
+    (bpath / "d").mkdir()
+    backing = mount.backing / bucket
+    for name in ("f", "d"):
+        before = os.stat(bpath / name).st_ino
+        assert before == os.stat(backing / name).st_ino
+        with open("/proc/sys/vm/drop_caches", "w") as caches:
+            caches.write("2\n")  # the kernel forgets its dentries and inodes
+        assert os.stat(bpath / name).st_ino == before
+
+
+def test_a_reused_inode_number_is_a_new_file_to_the_kernel(mount: Mount, bucket: str, bpath: Path) -> None:
+    seen = set()
+    for i in range(50):  # ext4 hands a freed number to the next new file
+        write_file(bpath / f"a{i}", 1)
+        held = os.open(bpath / f"a{i}", os.O_PATH)  # the kernel keeps the old inode
+        old = os.fstat(held).st_ino
+        os.unlink(bpath / f"a{i}")
+        write_file(bpath / f"b{i}", 2)
+        new = os.stat(bpath / f"b{i}")
+        assert new.st_ino == os.stat(mount.backing / bucket / f"b{i}").st_ino
+        assert new.st_size == 2 and (bpath / f"b{i}").read_bytes() == b"xx"
+        if new.st_ino == old:
+            seen.add(i)
+        os.close(held)
+    assert seen, "the backing filesystem never reused a number: the test proved nothing"
+    assert_invariant(mount, bucket)
