@@ -97,8 +97,10 @@ def build_config(backing: str, mountpoint: str, options: Sequence[str],
                  mountpoint=os.fsencode(os.path.abspath(mountpoint)))
     if "BUCKET_QUOTA_BYTES" in env:
         cfg.bucket_max_bytes = _limit("BUCKET_QUOTA_BYTES", env["BUCKET_QUOTA_BYTES"])
-    if "IRONFS_DEFAULT_ACCOUNT_QUOTA" in env:
-        cfg.account_max_bytes = _limit("IRONFS_DEFAULT_ACCOUNT_QUOTA", env["IRONFS_DEFAULT_ACCOUNT_QUOTA"])
+    # The account/pod seed's XPOD_DEFAULT_QUOTA is the same setting.
+    for name in ("XPOD_DEFAULT_QUOTA", "IRONFS_DEFAULT_ACCOUNT_QUOTA"):
+        if name in env:
+            cfg.account_max_bytes = _limit(name, env[name])
     if "QUOTA_FLUSH_INTERVAL_MS" in env:
         cfg.flush_interval = _int("QUOTA_FLUSH_INTERVAL_MS", env["QUOTA_FLUSH_INTERVAL_MS"], 1) / 1000
     if "QUOTA_CACHE_MAX_SIZE" in env:

@@ -48,6 +48,13 @@ def test_environment_then_options_win() -> None:
     assert (cfg.bucket_max_bytes, cfg.flush_interval) == (2 << 20, 5.0)
 
 
+def test_the_seeds_account_default_is_the_account_default() -> None:
+    assert build_config("/b", "/m", [], {"XPOD_DEFAULT_QUOTA": "20GiB"}).account_max_bytes == 20 << 30
+    both = {"XPOD_DEFAULT_QUOTA": "20GiB", "IRONFS_DEFAULT_ACCOUNT_QUOTA": "30GiB"}
+    assert build_config("/b", "/m", [], both).account_max_bytes == 30 << 30
+    assert build_config("/b", "/m", ["account_quota_bytes=1G"], both).account_max_bytes == 1 << 30
+
+
 def test_options() -> None:
     cfg = build_config("/b", "/m", ["noquota,expose_state,quota_errno=edquot,profile=rclone",
                                     "admin_uid=1000,nosuid,rw,x-systemd.automount,_netdev"], {})
