@@ -13,6 +13,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,7 +91,14 @@ class Online:
     def reconcile(self, bucket: str | None, fix: bool) -> dict[str, Any]:
         request = ("fix" if fix else "check") + (f":{bucket}" if bucket else "")
         self.set(self.root, "reconcile", request.encode())
-        return json_object(self.get(self.root, "reconcile"))
+        while True:  # the daemon scans beside its requests; the report replaces "running"
+            report = json_object(self.get(self.root, "reconcile"))
+            if report.get("state") != "running":
+                break
+            time.sleep(0.1)
+        if report.get("state") == "failed":
+            raise AdminError(f"reconcile failed: {report.get('error')}")
+        return report
 
     def commit(self) -> None:
         pass  # the daemon flushes

@@ -147,15 +147,21 @@ def made_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> No
         log.info("bucket %s created", os.fsdecode(name))
 
 
-def bucket_of_dir(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+#: Starts counting a bucket's usage beside the requests (the daemon, while it
+#: serves); without one, the bucket is scanned there and then.
+ScanBeside = Callable[[Bucket], None]
+
+
+def bucket_of_dir(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes,
+                  scan_beside: ScanBeside | None = None) -> Bucket:
     """The bucket of the top-level directory *name*.  An evicted one stays on
     disk (a placeholder reloads it on first real use, not on a listing); one
-    made behind the mount's back is adopted, which scans it (disk I/O)."""
+    made behind the mount's back is adopted, which scans it."""
     bucket = ledger.get(name)
     if bucket is None:
         if name in ledger.evicted:
             return ledger.placeholder(name)
-        bucket = adopt_bucket(cfg, ledger, book, name)
+        bucket = adopt_bucket(cfg, ledger, book, name, scan_beside)
     return bucket
 
 
@@ -262,24 +268,39 @@ def add_accounts(ledger: Ledger, records: list[AccountRecord]) -> None:
     ledger.accounts_dirty = False
 
 
-def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
-    """A bucket directory that appeared behind the mount's back: scan and track it."""
+def adopt_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes,
+                 scan_beside: ScanBeside | None = None) -> Bucket:
+    """A bucket directory that appeared behind the mount's back: track it, its
+    usage counted by a scan (beside the requests when *scan_beside* is given)."""
     state = read_state(cfg, name)
-    usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
-    log.warning("bucket %s appeared on the backing root; tracking it (%d bytes, %d objects)",
-                os.fsdecode(name), usage.used_bytes, usage.objects)
-    bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects)
+    if scan_beside is not None:
+        log.warning("bucket %s appeared on the backing root; tracking it, scanning it beside "
+                    "the requests", os.fsdecode(name))
+        bucket = ledger.add(name, state.limits)
+        scan_beside(bucket)
+    else:
+        usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
+        log.warning("bucket %s appeared on the backing root; tracking it (%d bytes, %d objects)",
+                    os.fsdecode(name), usage.used_bytes, usage.objects)
+        bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects)
     bucket.limits_dirty = state.limits_dirty
     attach_stats(cfg.backing, book, bucket)
     return bucket
 
 
-def reload_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+def reload_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes,
+                  scan_beside: ScanBeside | None = None) -> Bucket:
     """An evicted bucket is used again: its ``.quota`` was written exactly at
     eviction, so it is trusted; if it has gone missing or corrupt since, scan."""
     state = read_state(cfg, name)
     record = state.record
-    if record is None:
+    if record is None and scan_beside is not None:
+        log.warning("bucket %s: no usable .quota to reload it from; scanning it beside the "
+                    "requests", os.fsdecode(name))
+        _, used, objects = ledger.evicted[name]  # what it held when evicted, until the scan ends
+        bucket = ledger.readmit(name, state.limits, used, objects)
+        scan_beside(bucket)
+    elif record is None:
         log.warning("bucket %s: no usable .quota to reload it from; scanning", os.fsdecode(name))
         usage = scan_tree(os.path.join(cfg.backing, name), cfg.profile)
         bucket = ledger.readmit(name, state.limits, usage.used_bytes, usage.objects)

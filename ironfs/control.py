@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -77,6 +78,9 @@ class Control:
         self.pending = pending  # bytes of unlinked-but-open files, per bucket id
         self.last_reconcile: dict[str, Any] | None = None
         self.show_progress = False  # the offline command shows one; the daemon logs
+        # The daemon's reconcile, which scans beside the requests: (bucket names
+        # or None for all, fix); None offline.
+        self.live: Callable[[list[bytes] | None, bool], None] | None = None
 
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
@@ -210,30 +214,43 @@ class Control:
         return buckets
 
     def _reconcile(self, request: str) -> None:
-        """``check`` or ``fix``, optionally ``:<bucket>``.  Runs to the end before
-        the next request is served, so nothing changes under the scan."""
+        """``check`` or ``fix``, optionally ``:<bucket>``.  In the daemon the
+        scans run beside the requests (``live``) and the report replaces the
+        running state when they end; offline it runs to the end here."""
         mode, _, only = request.partition(":")
         if mode not in ("check", "fix"):
             raise ControlError(errno.EINVAL, "expected check[:BUCKET] or fix[:BUCKET]")
+        names = None
         if only:
-            bucket = self.ledger.load(name_from_json(only))
-            if bucket is None:
+            name = name_from_json(only)
+            if self.ledger.get(name) is None and name not in self.ledger.evicted:
                 raise ControlError(errno.ENOENT, f"no bucket {only!r}")
-            buckets = [bucket]
-        else:
-            for name in list(self.ledger.evicted):  # every bucket, not only those in memory
-                self.ledger.load(name)
-            buckets = list(self.ledger)
-        report = reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
-                           fix=mode == "fix", pending=self.pending(),
-                           show_progress=self.show_progress, workers=self.cfg.scan_workers)
+            names = [name]
+        if self.live is not None:
+            if self.last_reconcile is not None and self.last_reconcile.get("state") == "running":
+                raise ControlError(errno.EBUSY, "a reconcile is running")
+            self.last_reconcile = {"state": "running", "started": time.time()}
+            self.live(names, mode == "fix")
+            return
+        for name in names or list(self.ledger.evicted):  # every bucket, not only those in memory
+            self.ledger.load(name)
+        buckets = list(self.ledger) if names is None else [b for b in map(self.ledger.get, names) if b]
+        self.finished(reconcile(self.ledger, self.cfg.backing, self.cfg.profile, buckets,
+                                fix=mode == "fix", pending=self.pending(),
+                                show_progress=self.show_progress, workers=self.cfg.scan_workers))
+
+    def finished(self, report: dict[str, Any]) -> None:
+        """A reconcile's report: kept for the attribute and the metrics, drift logged."""
         self.last_reconcile = report
+        if report["state"] != "done":
+            log.error("reconcile failed: %s", report.get("error"))
+            return
         for row in report["buckets"]:
             if row["drift_bytes"] or row["drift_objects"]:
                 log.warning("reconcile: bucket %s drifted by %+d bytes, %+d objects%s",
                             row["bucket"], row["drift_bytes"], row["drift_objects"],
                             " (fixed)" if report["fixed"] else "")
-        log.info("reconcile of %d bucket(s) took %.3fs: %s", len(buckets), report["seconds"],
+        log.info("reconcile of %d bucket(s) took %.3fs: %s", len(report["buckets"]), report["seconds"],
                  "drift found" if report["drift"] else "no drift")
 
 

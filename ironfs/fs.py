@@ -23,8 +23,10 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
@@ -39,8 +41,10 @@ from .counting import Counting
 from .handles import DirHandle, Handle, pending_bytes, renameat2
 from .inodes import Node
 from .killpriv import SXID, bits_to_clear, read_writer
-from .ledger import Ledger, QuotaExceeded
+from .ledger import Bucket, Ledger, QuotaExceeded
 from .rules import is_bucket_name
+from .scanner import scan_tree
+from .scans import Scans
 from .state import fsync_dir
 from .store import StateStore
 from .tree import BackingTree
@@ -66,19 +70,22 @@ def handler(fn: Callable[Concatenate[IronFS, P], R]
 
     async def wrapper(self: IronFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
         self.requests[op] += 1
-        try:
+        with self.fuse_errors():
             return fn(self, *args, **kwargs)
-        except OSError as e:
-            raise FUSEError(e.errno or errno.EIO) from None
-        except ControlError as e:
-            log.debug("refused: %s", e)
-            raise FUSEError(e.errno) from None
-        except QuotaExceeded as e:
-            self.rejections += 1
-            self.counting.rejected(e.bucket)
-            self.ledger.refusals.refused(e)
-            log.debug("refused: %s", e)
-            raise FUSEError(self.quota_errno) from None
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def async_handler(fn: Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]
+                  ) -> Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]:
+    """The same for a handler that awaits (it waits for its own work; other
+    requests are answered meanwhile)."""
+    op = fn.__name__
+
+    async def wrapper(self: IronFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.requests[op] += 1
+        with self.fuse_errors():
+            return await fn(self, *args, **kwargs)
     functools.update_wrapper(wrapper, fn)
     return wrapper
 
@@ -100,10 +107,83 @@ class IronFS(pyfuse3.Operations):
         self.root = self.tree.root
         self.accounting = Accounting(ledger, cfg.profile, self.root)
         self.counting = Counting(store.book, self.accounting)
+        self.scans = Scans(self.accounting)
         self._next_dir = 1
         self.rejections = 0
         self.requests: Counter[str] = Counter()  # FUSE requests by operation (metrics)
         self.control = Control(cfg, ledger, store.book, lambda: pending_bytes(self.handles))
+        self.background: trio.Nursery | None = None  # set while serving (mount.py)
+
+    def serve_background(self, nursery: trio.Nursery) -> None:
+        """From now on, scans run beside the requests, in *nursery*."""
+        self.background = nursery
+        self.control.live = self._reconcile_live
+        self.tree.scan_beside = self.scan_bucket_beside
+
+    def settle_scans(self) -> None:
+        """After unmount: buckets whose scan beside the requests did not end are
+        scanned now (nothing changes them any more), before the final flush."""
+        for bucket in list(self.ledger):
+            if bucket.scanning:
+                usage = scan_tree(os.path.join(self.cfg.backing, bucket.name), self.cfg.profile)
+                pending = pending_bytes(self.handles).get(id(bucket), 0)
+                self.ledger.end_scan(bucket, usage.used_bytes + pending, usage.objects)
+
+    def scan_bucket_beside(self, bucket: Bucket) -> None:
+        """Count *bucket*'s usage with a scan beside the requests (adopted, or
+        reloaded without a usable .quota); until it ends, its growth against a
+        limit is refused rather than risk overshooting."""
+        path = os.path.join(self.cfg.backing, bucket.name)
+        if self.background is None:  # not serving (yet, or any more): nothing runs beside
+            usage = scan_tree(path, self.cfg.profile)
+            pending = pending_bytes(self.handles).get(id(bucket), 0)
+            self.ledger.set_usage(bucket, usage.used_bytes + pending, usage.objects)
+            return
+        self.ledger.begin_scan(bucket)
+        running = self.scans.start(path)
+
+        async def run() -> None:
+            try:
+                scan = await self.scans.finish(running)
+            except Exception:
+                log.exception("scan of bucket %s failed; its growth stays refused until "
+                              "`ironfs reconcile --fix`", bucket.display_name)
+                return
+            pending = pending_bytes(self.handles).get(id(bucket), 0)
+            self.ledger.end_scan(bucket, scan.used_bytes + pending, scan.objects)
+            log.info("bucket %s scanned: %d bytes, %d objects", bucket.display_name,
+                     bucket.used_bytes, bucket.objects)
+        self.background.start_soon(run)
+
+    def _reconcile_live(self, names: list[bytes] | None, fix: bool) -> None:
+        async def run() -> None:
+            try:
+                result = await self.scans.reconcile(self.ledger, self.cfg.backing, names, fix,
+                                                    lambda: pending_bytes(self.handles))
+            except Exception as e:  # a failed reconcile must not take the mount down
+                log.exception("reconcile failed")
+                result = {"state": "failed", "error": str(e), "at": time.time()}
+            self.control.finished(result)
+        assert self.background is not None
+        self.background.start_soon(run)
+
+    @contextmanager
+    def fuse_errors(self) -> Iterator[None]:
+        """Only FUSEError leaves a handler: OS errors keep their errno, a quota
+        refusal is ENOSPC (or EDQUOT)."""
+        try:
+            yield
+        except OSError as e:
+            raise FUSEError(e.errno or errno.EIO) from None
+        except ControlError as e:
+            log.debug("refused: %s", e)
+            raise FUSEError(e.errno) from None
+        except QuotaExceeded as e:
+            self.rejections += 1
+            self.counting.rejected(e.bucket)
+            self.ledger.refusals.refused(e)
+            log.debug("refused: %s", e)
+            raise FUSEError(self.quota_errno) from None
 
     # -- nodes, paths, attributes -------------------------------------------------
     def _entry(self, node: Node, st: os.stat_result) -> EntryAttributes:
@@ -208,12 +288,15 @@ class IronFS(pyfuse3.Operations):
 
     def _truncate(self, node: Node, target: bytes | int, length: int) -> None:
         changes = []
+        old = length
         if node.in_bucket:
-            changes = self.accounting.resize(node, self.tree.size_of(node, target), length)
+            old = self.tree.size_of(node, target)
+            changes = self.accounting.resize(node, old, length)
         with self.accounting.reserve(changes):
             os.truncate(target, length)
         if node.open or node.size is not None:
             node.size = length
+        self.scans.resized(node, old, length)
 
     @handler
     def readlink(self, ino: int, ctx: RequestContext) -> bytes:
@@ -238,7 +321,9 @@ class IronFS(pyfuse3.Operations):
         with self.accounting.reserve(self.accounting.new_file(parent, name, mode)):
             os.mknod(path, mode & ~ctx.umask, rdev)
         self.tree.chown_new(path, parent, ctx.uid, ctx.gid)
-        return self._entry(*self.tree.remember_new(parent, name, path))
+        node, st = self.tree.remember_new(parent, name, path)
+        self.scans.named(parent, name, st)
+        return self._entry(node, st)
 
     @handler
     def mkdir(self, parent_ino: int, name: bytes, mode: int, ctx: RequestContext) -> EntryAttributes:
@@ -273,10 +358,15 @@ class IronFS(pyfuse3.Operations):
             raise FUSEError(errno.EXDEV)
         source = self.tree.target(node)
         path = self.inodes.child_path(parent, new_name)
-        changes = self.accounting.new_file(parent, new_name, self.tree.lstat(node).st_mode)
+        before = self.tree.lstat(node)
+        changes = self.accounting.new_file(parent, new_name, before.st_mode)
         with self.accounting.reserve(changes):
             os.link(source, path, follow_symlinks=False)
-        return self._entry(*self.tree.remember_new(parent, new_name, path))
+        if before.st_nlink == 1:
+            self.scans.linking(node)
+        linked, st = self.tree.remember_new(parent, new_name, path)
+        self.scans.named(parent, new_name, st)
+        return self._entry(linked, st)
 
     @handler
     def unlink(self, parent_ino: int, name: bytes, ctx: RequestContext) -> None:
@@ -287,6 +377,7 @@ class IronFS(pyfuse3.Operations):
         node = self.inodes.by_key((st.st_dev, st.st_ino))
         with self.accounting.reserve(self.accounting.removal(parent, name, st, node)):
             os.unlink(path)
+        self.scans.unnamed(parent, name, st)
         self.counting.deleted(parent, name, st.st_mode)
         self._forget_name(parent, name, st)
 
@@ -337,12 +428,30 @@ class IronFS(pyfuse3.Operations):
         staged_at = self.inodes.components(old_parent)[1:] + [old_name] if published else []
         with self.accounting.reserve(changes):
             renameat2(old_path, new_path, flags)
+        self._tell_scans_renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if published:
             self.counting.published(new_parent, self.inodes.by_key((src.st_dev, src.st_ino)),
                                     staged_at)
         replaced = self.tree.renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if replaced is not None:
             self.counting.forgotten(replaced)
+
+    def _tell_scans_renamed(self, old_parent: Node, old_name: bytes, src: os.stat_result,
+                            new_parent: Node, new_name: bytes, dst: os.stat_result | None,
+                            exchange: bool) -> None:
+        if not self.scans.active:
+            return
+        moves = [(old_parent, old_name, src, new_parent, new_name)]
+        if exchange and dst is not None:
+            moves.append((new_parent, new_name, dst, old_parent, old_name))
+        elif dst is not None:
+            self.scans.unnamed(new_parent, new_name, dst)  # replaced
+        for from_parent, from_name, st, to_parent, to_name in moves:
+            if stat.S_ISDIR(st.st_mode):
+                self.scans.dir_moved(from_parent, from_name, to_parent, to_name)
+            else:
+                self.scans.unnamed(from_parent, from_name, st)
+                self.scans.named(to_parent, to_name, st)
 
     def _forget_name(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         node = self.tree.dropped(parent, name, st)
@@ -379,13 +488,16 @@ class IronFS(pyfuse3.Operations):
             target = path
             bflags |= os.O_NOFOLLOW
         changes = []
+        old = 0
         if flags & os.O_TRUNC and node.in_bucket:
-            changes = self.accounting.resize(node, self.tree.size_of(node, target), 0)
+            old = self.tree.size_of(node, target)
+            changes = self.accounting.resize(node, old, 0)
         with self.accounting.reserve(changes):  # a shrink: never refused
             fd = os.open(target, bflags)
         if flags & os.O_TRUNC:
             node.size = 0
             self.counting.written(node)
+            self.scans.resized(node, old, 0)
         node.open += 1
         handle = Handle(fd, node, wrote=bool(flags & os.O_TRUNC))
         handle.reading = self.counting.opened(node, not writing)
@@ -414,6 +526,7 @@ class IronFS(pyfuse3.Operations):
         self.tree.chown_new(fd, parent, ctx.uid, ctx.gid)
         st = os.fstat(fd)
         node = self.tree.remember(parent, name, st)
+        self.scans.named(parent, name, st)
         node.open += 1
         node.size = 0
         self.counting.written(node)
@@ -458,7 +571,10 @@ class IronFS(pyfuse3.Operations):
         size = node.size
         if size is None:
             size = node.size = os.fstat(fd).st_size
-        return self.accounting.write(node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
+        n = self.accounting.write(node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
+        if node.size is not None and node.size != size:
+            self.scans.resized(node, size, node.size)
+        return n
 
     def _clear_set_ids(self, handle: Handle) -> None:
         """The first write through a handle of a set-ID file clears the bits its

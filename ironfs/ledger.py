@@ -76,7 +76,7 @@ class Meter:
     """Usage against limits: what buckets and accounts have in common."""
 
     __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "over_soft", "at_hard",
-                 "hard_bytes", "soft_limit")
+                 "hard_bytes", "soft_limit", "scanning")
     kind = "meter"
 
     def __init__(self, name: bytes | str, limits: Limits, used_bytes: int = 0, objects: int = 0):
@@ -87,6 +87,9 @@ class Meter:
         self.set_limits(limits)
         self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
         self.at_hard = False  # logged as having reached its hard limit (limitlog.py)
+        # Buckets (this one, or an account's members) whose usage a scan beside
+        # the requests is still counting: growth against a limit waits for it.
+        self.scanning = 0
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = _shared(limits)
@@ -321,6 +324,7 @@ class Ledger:
         if old is not None:
             old.buckets.discard(bucket.name)
             bucket.account = None
+            old.scanning -= bucket.scanning
             self._apply(old, -bucket.used_bytes, -bucket.objects)
         if account is not None:
             account.buckets.add(bucket.name)
@@ -329,7 +333,23 @@ class Ledger:
 
     def _join(self, bucket: Bucket, account: Account) -> None:
         bucket.account = account
+        account.scanning += bucket.scanning
         self._apply(account, bucket.used_bytes, bucket.objects)
+
+    # -- usage being counted by a scan beside the requests ----------------------------
+    def begin_scan(self, bucket: Bucket) -> None:
+        """*bucket*'s usage is unknown until ``end_scan``: growth against a limit
+        of the bucket or its account is refused meanwhile (never overshoot)."""
+        bucket.scanning += 1
+        if bucket.account is not None:
+            bucket.account.scanning += 1
+
+    def end_scan(self, bucket: Bucket, used_bytes: int, objects: int) -> None:
+        """The scan's figures, exact now (taken on the request loop)."""
+        self.set_usage(bucket, used_bytes, objects)
+        bucket.scanning -= 1
+        if bucket.account is not None:
+            bucket.account.scanning -= 1
 
     # -- the quota decision -----------------------------------------------
     def charge(self, bucket: Bucket, nbytes: int, nobjects: int = 0) -> None:
@@ -388,6 +408,9 @@ class Ledger:
 
     @staticmethod
     def _check(bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
+        if meter.scanning and (nbytes > 0 and meter.hard_bytes is not None or
+                               nobjects > 0 and meter.limits.max_objects is not None):
+            raise QuotaExceeded(bucket, meter, "usage (still being scanned)")
         if nbytes > 0:
             hard = meter.hard_bytes
             if hard is not None and meter.used_bytes + nbytes > hard:
@@ -399,14 +422,14 @@ class Ledger:
 
     def _apply(self, meter: Meter, nbytes: int, nobjects: int) -> None:
         used = meter.used_bytes + nbytes
-        if used < 0:
+        if used < 0 and not meter.scanning:  # (while scanning, end_scan sets it right)
             # Only possible after changes made behind the mount's back; reconcile
             # repairs it.  Never let the ledger go negative.
             log.warning("%s %s: usage would drop below zero; clamped", meter.kind, meter.display_name)
             used = 0
         meter.used_bytes = used
         objects = meter.objects + nobjects
-        meter.objects = objects if objects > 0 else 0
+        meter.objects = objects if objects > 0 or meter.scanning else 0
         meter.dirty = True
         soft = meter.soft_limit
         if soft is not None and (used > soft) != meter.over_soft:

@@ -205,7 +205,7 @@ class StateStore:
         owed = {id(b) for b, _ in self.book.closed}
         idle = [b for b in self.ledger
                 if not b.dirty and not b.limits_dirty and not (b.stats is not None and b.stats.dirty)
-                and id(b) not in owed
+                and id(b) not in owed and not b.scanning
                 and b.name not in self._failing]
         idle.sort(key=lambda b: b.idle, reverse=True)
         for bucket in idle[:excess]:

@@ -10,7 +10,7 @@ import os
 import stat
 from collections.abc import Mapping
 
-from .catalog import bucket_of_dir
+from .catalog import ScanBeside, bucket_of_dir
 from .config import Config
 from .handles import Handle
 from .inodes import InodeTable, Node
@@ -27,6 +27,7 @@ class BackingTree:
         self.ledger = ledger
         self.book = book
         self.handles = handles  # the adapter's open files: a file with no name left is reached by fd
+        self.scan_beside: ScanBeside | None = None  # set while serving
         root_st = os.lstat(cfg.backing)
         self.inodes = InodeTable(cfg.backing, (root_st.st_dev, root_st.st_ino))
         self.root = self.inodes.root
@@ -84,7 +85,7 @@ class BackingTree:
             if is_root_state(name):
                 return None, True
             if stat.S_ISDIR(st.st_mode) and is_bucket_name(name):
-                return bucket_of_dir(self.cfg, self.ledger, self.book, name), False
+                return bucket_of_dir(self.cfg, self.ledger, self.book, name, self.scan_beside), False
             return None, False
         if parent.is_state or (self.is_bucket_dir(parent) and is_bucket_state(name)):
             return None, True

@@ -154,3 +154,16 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def reconcile_via_xattr(mnt: Path, request: str, timeout: float = 60.0) -> dict:
+    """Ask the mount for a reconcile and wait for its report (the scans run
+    beside the requests, so the attribute says "running" until then)."""
+    os.setxattr(mnt, b"user.ironfs.reconcile", request.encode())
+    deadline = time.monotonic() + timeout
+    while True:
+        report = orjson.loads(os.getxattr(mnt, b"user.ironfs.reconcile"))
+        if report.get("state") != "running":
+            return report
+        assert time.monotonic() < deadline, "reconcile did not finish"
+        time.sleep(0.05)

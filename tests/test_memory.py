@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 from ironfs.bench import bucket_memory
-from tests.mounting import assert_invariant, expect_errno, ledger, scan, start_mount, wait_for
+from tests.mounting import (
+    assert_invariant,
+    expect_errno,
+    ledger,
+    reconcile_via_xattr,
+    scan,
+    start_mount,
+    wait_for,
+)
 
 
 def metric(textfile: Path, name: str, labels: str = "") -> float:
@@ -97,8 +105,7 @@ def test_bucket_cache_evicts_idle_buckets_and_reloads_them_exactly(tmp_path: Pat
         # A reconcile of everything covers the evicted buckets too.
         wait_for(lambda: metric(textfile, "ironfs_buckets", '{where="evicted"}') == 3)
         (m.backing / "b4" / "behind").write_bytes(b"q" * 700)
-        os.setxattr(m.mnt, b"user.ironfs.reconcile", b"fix")
-        report = json.loads(os.getxattr(m.mnt, b"user.ironfs.reconcile"))
+        report = reconcile_via_xattr(m.mnt, "fix")
         rows = {row["bucket"]: row for row in report["buckets"]}
         assert set(rows) == {"b0", "b1", "b2", "b3-renamed", "b4"}
         assert (rows["b4"]["drift_bytes"], rows["b4"]["drift_objects"]) == (700, 1)

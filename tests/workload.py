@@ -173,8 +173,64 @@ def replay(journal_path: Path) -> dict[str, str | None]:
     return known
 
 
+def tree(mnt: Path, bucket: str, seed: int, seconds: float) -> None:
+    """Random changes all over a bucket's tree: files written, appended,
+    truncated, linked, renamed within and across directories (over each
+    other too), deleted; directories made, renamed, hidden and published."""
+    import time
+    rng = random.Random(seed)
+    top = mnt / bucket
+    deadline = time.monotonic() + seconds
+
+    def some_dir() -> Path:
+        dirs = [p for p in top.glob("*") if p.is_dir()] + [top]
+        return rng.choice(dirs)
+
+    def some_file() -> Path | None:
+        d = some_dir()
+        files = [p for p in d.iterdir() if p.is_file()] if d.exists() else []
+        return rng.choice(files) if files else None
+
+    while time.monotonic() < deadline:
+        op = rng.choice(("new", "new", "append", "truncate", "rename", "rename", "unlink",
+                         "link", "mkdir", "rendir"))
+        try:
+            if op == "new":
+                name = f"{'.' if rng.random() < 0.2 else ''}n{rng.randrange(1 << 20)}"
+                (some_dir() / name).write_bytes(rng.randbytes(rng.randrange(0, 20_000)))
+            elif op == "mkdir":
+                (top / f"{'.' if rng.random() < 0.3 else ''}d{rng.randrange(1 << 20)}").mkdir()
+            elif op == "rendir":
+                d = some_dir()
+                if d != top:
+                    hidden = rng.random() < 0.5
+                    os.rename(d, top / f"{'.' if hidden else ''}d{rng.randrange(1 << 20)}")
+            else:
+                f = some_file()
+                if f is None:
+                    continue
+                if op == "append":
+                    with open(f, "ab") as out:
+                        out.write(rng.randbytes(rng.randrange(1, 5_000)))
+                elif op == "truncate":
+                    os.truncate(f, rng.randrange(0, 30_000))
+                elif op == "rename":
+                    os.rename(f, some_dir() / f"r{rng.randrange(64)}")
+                elif op == "unlink":
+                    f.unlink()
+                elif op == "link":
+                    os.link(f, f.parent / f"l{rng.randrange(1 << 20)}")
+        except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError):
+            continue  # raced with itself: the tree changed under a listing
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EXDEV, errno.EINVAL, errno.ENOSPC):
+                raise
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "churn":
+    if sys.argv[1] == "tree":
+        tree(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+    elif sys.argv[1] == "churn":
         churn(Path(sys.argv[2]), sys.argv[3].split(","), int(sys.argv[4]), int(sys.argv[5]),
               float(sys.argv[6]), Path(sys.argv[7]))
     elif sys.argv[1] == "crash":

@@ -1,0 +1,168 @@
+"""Running live scans (livescan.py) beside the request loop, and telling them
+what requests change.
+
+``run`` reads chunks in a worker thread and adds them up on the loop; the FUSE
+adapter calls the ``*_changed`` methods after each change it makes, which cost
+nothing while no scan runs.  A scan's tree is found by the inode of its top
+directory, so renaming that directory (or a bucket) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from .accounting import Accounting
+from .inodes import Node
+from .ledger import Ledger
+from .livescan import Key, LiveScan
+from .reconcile import compare, report
+from .rules import hides
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Running:
+    scan: LiveScan
+    root_key: Key
+    root_fd: int
+    bucket_top: bool
+    hidden: bool
+
+
+class Scans:
+    def __init__(self, accounting: Accounting) -> None:
+        self.accounting = accounting
+        self.profile = accounting.profile
+        self.active: list[Running] = []
+
+    async def run(self, path: bytes, *, bucket_top: bool = True, hidden: bool = False) -> LiveScan:
+        """Scan the tree at *path* while requests go on; the result is exact at
+        the moment this returns (on the request loop, before any other request)."""
+        return await self.finish(self.start(path, bucket_top=bucket_top, hidden=hidden))
+
+    def start(self, path: bytes, *, bucket_top: bool = True, hidden: bool = False) -> Running:
+        """Register a scan of *path*: requests are accounted to it from now on."""
+        root_fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(root_fd)
+        running = Running(LiveScan(root_fd, self.profile, bucket_top=bucket_top, hidden=hidden),
+                          (st.st_dev, st.st_ino), root_fd, bucket_top, hidden)
+        self.active.append(running)
+        return running
+
+    async def finish(self, running: Running) -> LiveScan:
+        """Read and add up the scan started with ``start`` to its end."""
+        root_fd, bucket_top, hidden = running.root_fd, running.bucket_top, running.hidden
+        path = b"/proc/self/fd/%d" % root_fd
+        try:
+            while True:
+                scan = running.scan
+                scan.starting_chunk()
+                chunk = await trio.to_thread.run_sync(scan.read_chunk)
+                if chunk is None:
+                    return scan
+                scan.add(chunk)
+                if scan.restart:
+                    log.info("%s: a directory became hidden or visible during its scan; "
+                             "scanning it again", os.fsdecode(os.readlink(path)))
+                    scan.close()
+                    running.scan = LiveScan(root_fd, self.profile, bucket_top=bucket_top,
+                                            hidden=hidden)
+        finally:
+            running.scan.close()
+            self.active.remove(running)
+            os.close(root_fd)
+
+    async def reconcile(self, ledger: Ledger, root: bytes, names: list[bytes] | None, fix: bool,
+                        pending: Callable[[], Mapping[int, int]]) -> dict[str, Any]:
+        """Scan each bucket live and compare it with the ledger the moment its
+        scan ends (files unlinked while open, which no scan sees, are added)."""
+        started = time.monotonic()
+        if names is None:
+            names = [b.name for b in ledger] + list(ledger.evicted)
+        rows = []
+        for name in names:
+            bucket = ledger.load(name)  # an evicted one: its .quota (small), not a scan
+            if bucket is None:
+                continue  # deleted meanwhile
+            try:
+                scan = await self.run(os.path.join(root, bucket.name))
+            except FileNotFoundError:
+                continue  # deleted or renamed meanwhile
+            bucket = bucket.load_live()  # (if evicted meanwhile: exactly as written)
+            if ledger.get(bucket.name) is not bucket:
+                continue
+            scan_bytes = scan.used_bytes + pending().get(id(bucket), 0)
+            rows.append(compare(ledger, bucket, scan_bytes, scan.objects, fix=fix))
+        return report(rows, started, fix)
+
+    # -- what requests changed (request loop; after the change succeeded) ----------------
+    def _covering(self, directory: Node | None) -> list[tuple[LiveScan, Node]]:
+        """The scans whose tree holds *directory*, with their top's node."""
+        found = []
+        for running in self.active:
+            node = directory
+            while node is not None and node.key != running.root_key:
+                node = node.parent
+            if node is not None:
+                found.append((running.scan, node))
+        return found
+
+    def resized(self, node: Node, old: int, new: int) -> None:
+        if self.active and old != new:
+            for scan, _ in self._covering(node.parent):
+                scan.resized(node.key, old, new)
+
+    def named(self, parent: Node, name: bytes, st: os.stat_result) -> None:
+        """*parent*/*name* now names the file *st* (after create, link, rename)."""
+        if self.active and _is_file(st):
+            visible = self.accounting.is_object(parent, name)
+            for scan, _ in self._covering(parent):
+                scan.named(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
+
+    def linking(self, node: Node) -> None:
+        """*node*, a file with one name, is about to get a second one."""
+        if self.active and node.parent is not None:
+            for scan, _ in self._covering(node.parent):
+                scan.became_linked(node.parent.key, node.name, node.key)
+
+    def unnamed(self, parent: Node, name: bytes, st: os.stat_result) -> None:
+        """*parent*/*name*, found as *st* just before, is gone."""
+        if self.active and _is_file(st):
+            visible = self.accounting.is_object(parent, name)
+            for scan, _ in self._covering(parent):
+                scan.unnamed(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
+
+    def dir_moved(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes) -> None:
+        """A directory went from *old_parent*/*old_name* to *new_parent*/*new_name*."""
+        if not self.active:
+            return
+        was_hidden = self.accounting.in_hidden_dir(old_parent) or hides(old_name)
+        hidden = self.accounting.in_hidden_dir(new_parent) or hides(new_name)
+        now_in = self._covering(new_parent)
+        for scan, top in now_in:
+            scan.dir_moved(_below(top, new_parent, new_name), hidden, hidden != was_hidden)
+        for scan, _ in self._covering(old_parent):
+            if all(scan is not s for s, _ in now_in):
+                scan.restart = True  # what it counted below that directory left its tree
+
+
+def _is_file(st: os.stat_result) -> bool:
+    return (st.st_mode & 0o170000) == 0o100000
+
+
+def _below(top: Node, parent: Node, name: bytes) -> bytes:
+    """The path of *parent*/*name* below *top* (an ancestor of *parent*)."""
+    parts = [name]
+    node: Node | None = parent
+    while node is not None and node is not top:
+        parts.append(node.name)
+        node = node.parent
+    return b"/".join(reversed(parts))
