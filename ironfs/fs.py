@@ -42,7 +42,7 @@ from .handles import DirHandle, Handle, pending_bytes, renameat2
 from .inodes import Node
 from .killpriv import SXID, bits_to_clear, read_writer
 from .ledger import Bucket, Ledger, QuotaExceeded
-from .rules import is_bucket_name
+from .rules import hides, is_bucket_name
 from .scanner import scan_tree
 from .scans import Scans
 from .state import fsync_dir
@@ -395,9 +395,36 @@ class IronFS(pyfuse3.Operations):
         self._forget_name(parent, name, st)
 
     # -- rename --------------------------------------------------------------------
-    @handler
-    def rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
-               new_name: bytes, flags: int, ctx: RequestContext) -> None:
+    @async_handler
+    async def rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
+                     new_name: bytes, flags: int, ctx: RequestContext) -> None:
+        counted = await self._count_if_publishing(old_parent_ino, old_name, new_parent_ino, new_name)
+        self._rename(old_parent_ino, old_name, new_parent_ino, new_name, flags, counted)
+
+    async def _count_if_publishing(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
+                                   new_name: bytes) -> tuple[tuple[int, int], int] | None:
+        """A directory renamed between hidden and visible changes its bucket's
+        object count by the objects below it: they are counted beside the
+        requests (this rename waits for them, no other request does).
+        Returns (the directory's key, its objects), or None."""
+        old_parent = self.tree.node(old_parent_ino)
+        new_parent = self.tree.node(new_parent_ino)
+        if old_parent is self.root or new_parent is self.root or not old_parent.in_bucket:
+            return None
+        hidden = self.accounting.in_hidden_dir(old_parent) or hides(old_name)
+        if hidden == (self.accounting.in_hidden_dir(new_parent) or hides(new_name)):
+            return None
+        path = self.inodes.child_path(old_parent, old_name)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or old_parent.load_bucket() is not new_parent.load_bucket():
+            return None
+        if self.background is None:
+            return None  # (not serving: counted where it is needed)
+        scan = await self.scans.run(path, bucket_top=False)
+        return (st.st_dev, st.st_ino), scan.objects
+
+    def _rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes,
+                flags: int, counted: tuple[tuple[int, int], int] | None) -> None:
         old_parent = self.tree.node(old_parent_ino)
         new_parent = self.tree.node(new_parent_ino)
         self.tree.check_writable(old_parent, old_name)
@@ -419,10 +446,13 @@ class IronFS(pyfuse3.Operations):
             self.ledger.load(old_name)
             self.ledger.load(new_name)
         dst_node = self.inodes.by_key((dst.st_dev, dst.st_ino)) if dst is not None else None
+        count_objects = self.tree.count_objects
+        if counted is not None and counted[0] == (src.st_dev, src.st_ino):
+            count_objects = lambda parent, name: counted[1]  # noqa: E731 (exact: no await since)
         changes = self.accounting.rename(
             old_parent, old_name, src, new_parent, new_name, dst, exchange=exchange,
             noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), dst_node=dst_node,
-            count_objects=self.tree.count_objects)
+            count_objects=count_objects)
         published = self.accounting.publishes(old_parent, old_name, src, new_parent, new_name,
                                               exchange)
         staged_at = self.inodes.components(old_parent)[1:] + [old_name] if published else []

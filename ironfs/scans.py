@@ -104,55 +104,61 @@ class Scans:
         return report(rows, started, fix)
 
     # -- what requests changed (request loop; after the change succeeded) ----------------
-    def _covering(self, directory: Node | None) -> list[tuple[LiveScan, Node]]:
-        """The scans whose tree holds *directory*, with their top's node."""
+    def _covering(self, directory: Node | None) -> list[tuple[LiveScan, Node, bool]]:
+        """The scans whose tree holds *directory*, with their top's node and
+        whether *directory* is hidden below that top (for what is an object
+        there: a scan may count a hidden directory as if it were published)."""
         found = []
         for running in self.active:
             node = directory
+            hidden = running.hidden
             while node is not None and node.key != running.root_key:
+                hidden = hidden or hides(node.name)
                 node = node.parent
             if node is not None:
-                found.append((running.scan, node))
+                found.append((running.scan, node, hidden))
         return found
 
     def resized(self, node: Node, old: int, new: int) -> None:
         if self.active and old != new:
-            for scan, _ in self._covering(node.parent):
+            for scan, _, _ in self._covering(node.parent):
                 scan.resized(node.key, old, new)
 
     def named(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         """*parent*/*name* now names the file *st* (after create, link, rename)."""
         if self.active and _is_file(st):
-            visible = self.accounting.is_object(parent, name)
-            for scan, _ in self._covering(parent):
+            for scan, _, hidden in self._covering(parent):
+                visible = not hidden and self.profile.is_object_name(name)
                 scan.named(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
 
     def linking(self, node: Node) -> None:
         """*node*, a file with one name, is about to get a second one."""
         if self.active and node.parent is not None:
-            for scan, _ in self._covering(node.parent):
+            for scan, _, _ in self._covering(node.parent):
                 scan.became_linked(node.parent.key, node.name, node.key)
 
     def unnamed(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         """*parent*/*name*, found as *st* just before, is gone."""
         if self.active and _is_file(st):
-            visible = self.accounting.is_object(parent, name)
-            for scan, _ in self._covering(parent):
+            for scan, _, hidden in self._covering(parent):
+                visible = not hidden and self.profile.is_object_name(name)
                 scan.unnamed(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
 
     def dir_moved(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes) -> None:
-        """A directory went from *old_parent*/*old_name* to *new_parent*/*new_name*."""
+        """A directory went from *old_parent*/*old_name* to *new_parent*/*new_name*:
+        walked again from its new place; if that made it hidden or visible to a
+        scan, or took it out of a scan's tree, that scan starts over."""
         if not self.active:
             return
-        was_hidden = self.accounting.in_hidden_dir(old_parent) or hides(old_name)
-        hidden = self.accounting.in_hidden_dir(new_parent) or hides(new_name)
-        now_in = self._covering(new_parent)
-        for scan, top in now_in:
-            scan.dir_moved(_below(top, new_parent, new_name), hidden, hidden != was_hidden)
-        for scan, _ in self._covering(old_parent):
-            if all(scan is not s for s, _ in now_in):
-                scan.restart = True  # what it counted below that directory left its tree
-
+        was_hidden = {id(scan): hidden or hides(old_name)
+                      for scan, _, hidden in self._covering(old_parent)}
+        for scan, top, hidden in self._covering(new_parent):
+            now_hidden = hidden or hides(new_name)
+            changed = was_hidden.pop(id(scan), now_hidden) != now_hidden
+            scan.dir_moved(_below(top, new_parent, new_name), now_hidden, changed)
+        for running in self.active:
+            if id(running.scan) in was_hidden:
+                running.scan.restart = True  # what it counted below it left its tree
 
 def _is_file(st: os.stat_result) -> bool:
     return (st.st_mode & 0o170000) == 0o100000

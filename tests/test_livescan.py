@@ -3,6 +3,7 @@ mount keeps answering meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import statistics
@@ -154,3 +155,38 @@ def test_growth_waits_for_the_scan_when_a_limit_applies(tmp_path: Path) -> None:
         print(f"write refused during the scan: {bool(refused)}")
     finally:
         m.stop()
+
+
+def test_publishing_a_big_staged_directory_is_exact_and_stalls_nothing(big: Mount) -> None:
+    populate(big.backing / "busy" / ".stage", 10, 30_000)  # behind the mount ...
+    assert reconcile_via_xattr(big.mnt, "fix:busy")["state"] == "done"  # ... then taken in
+    stage = big.mnt / "busy" / ".stage"
+    stats: list[float] = []
+    stop = threading.Event()
+    counter = iter(range(1 << 30))
+
+    def add_staged() -> None:  # files land in the directory while its objects are counted
+        with contextlib.suppress(FileNotFoundError):  # (published: the name is gone)
+            (stage / "p000" / f"late{next(counter)}").write_bytes(b"s" * 10)
+
+    def lookup_elsewhere() -> None:  # a new name each time: the kernel's caches cannot answer
+        os.path.exists(big.mnt / "quiet" / f"nothing{next(counter)}")
+
+    threads = [threading.Thread(target=timed, args=(lookup_elsewhere, stats, stop)),
+               threading.Thread(target=timed, args=(add_staged, [], stop))]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.05)
+        started = time.monotonic()
+        os.rename(stage, big.mnt / "busy" / "published")
+        seconds = time.monotonic() - started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert len(stats) > 10, (len(stats), seconds)
+    p99 = statistics.quantiles(stats, n=100)[98]
+    print(f"publishing 30,000 staged objects: {seconds:.2f}s; p99 lookup elsewhere {p99 * 1e3:.1f} ms")
+    assert p99 < 0.1  # counted on the loop, a lookup waited for the whole count
+    assert_invariant(big, "busy")
