@@ -76,9 +76,12 @@ def read_state(cfg: Config, name: bytes, set_aside_corrupt: bool = True) -> Stor
     neither can be read."""
     bucket_dir = os.path.join(cfg.backing, name)
     record, quota_corrupt = _read_state_file(bucket_dir, QUOTA_FILE, load_quota, set_aside_corrupt)
-    saved, limits_corrupt = _read_state_file(bucket_dir, LIMITS_FILE, load_limits, set_aside_corrupt)
     if record is not None:
-        return StoredState(record, record.limits, saved != record.limits)
+        # .quota rules; the limit file is only written if missing (cheaper than
+        # reading it: a start may load 10^5 buckets).
+        return StoredState(record, record.limits,
+                           not os.path.exists(os.path.join(bucket_dir, LIMITS_FILE)))
+    saved, limits_corrupt = _read_state_file(bucket_dir, LIMITS_FILE, load_limits, set_aside_corrupt)
     if saved is not None:
         if quota_corrupt:
             log.warning("bucket %s: limits recovered from %s", os.fsdecode(name), os.fsdecode(LIMITS_FILE))
@@ -168,20 +171,20 @@ def bucket_of_dir(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes,
 def delete_bucket(cfg: Config, store: StateStore, bucket: Bucket, path: bytes) -> None:
     """DeleteBucket (rmdir of a bucket directory): allowed when only ironfs's
     state is left; that state is archived under ``.ironfs/archive/`` so the
-    month's figures survive.  Raises ENOTEMPTY otherwise."""
-    with store.lock:
-        if any(not is_bucket_state(n) for n in os.listdir(path)):
-            raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
-        store.flush_bucket(bucket)
-        archive = archive_bucket_state(cfg.backing, bucket.name, utc_now())
-        try:
-            os.rmdir(path)
-        except OSError:
-            if archive is not None:
-                for n in os.listdir(archive):
-                    os.rename(os.path.join(archive, n), os.path.join(path, n))
-            raise
-        store.ledger.remove(bucket.name)
+    month's figures survive.  Raises ENOTEMPTY otherwise.  The caller has
+    claimed the bucket (``StateStore.claim_for_delete``)."""
+    if any(not is_bucket_state(n) for n in os.listdir(path)):
+        raise OSError(errno.ENOTEMPTY, os.strerror(errno.ENOTEMPTY))
+    store.flush_bucket(bucket)
+    archive = archive_bucket_state(cfg.backing, bucket.name, utc_now())
+    try:
+        os.rmdir(path)
+    except OSError:
+        if archive is not None:
+            for n in os.listdir(archive):
+                os.rename(os.path.join(archive, n), os.path.join(path, n))
+        raise
+    store.ledger.remove(bucket.name)
     log.info("bucket %s deleted; state archived in %s", bucket.display_name,
              os.fsdecode(archive or b"(nothing to archive)"))
 
@@ -202,9 +205,11 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
         state = read_state(cfg, name)
         record = state.record
         if record is not None and trust_usage:
-            bucket = ledger.add(name, state.limits, record.used_bytes, record.objects)
+            bucket = ledger.add(name, state.limits, record.used_bytes, record.objects, touch=False)
             bucket.dirty = False
             bucket.limits_dirty = state.limits_dirty
+            if bucket.limits_dirty:
+                ledger.touched.add(bucket)
         else:
             to_scan[name] = state
     if to_scan:
@@ -213,12 +218,14 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     def done(name: bytes, usage: Usage) -> None:
         state = to_scan[name]
         record = state.record
-        bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects)
+        bucket = ledger.add(name, state.limits, usage.used_bytes, usage.objects, touch=False)
         bucket.limits_dirty = state.limits_dirty
         # A .quota that already says what the scan found needs no rewrite: a
         # restart after a crash rewrites only the buckets that changed.
         bucket.dirty = record is None or (record.used_bytes, record.objects) != (
             usage.used_bytes, usage.objects)
+        if bucket.dirty or bucket.limits_dirty:
+            ledger.touched.add(bucket)
 
     scan_buckets(cfg.backing, to_scan, cfg.profile, workers=cfg.scan_workers,
                  show_progress=show_progress, on_done=done)

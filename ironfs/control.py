@@ -121,7 +121,7 @@ class Control:
             limits = updated_limits(bucket.limits, {field: text})
         except ValueError as e:
             raise ControlError(errno.EINVAL, str(e)) from None
-        bucket.set_limits(limits)
+        self.ledger.set_limits(bucket, limits)
         log.info("bucket %s: %s set to %s by uid %d", bucket.display_name, field, text, uid)
 
     def _stats(self, bucket: Bucket, month: str) -> bytes:

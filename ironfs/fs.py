@@ -124,7 +124,7 @@ class IronFS(pyfuse3.Operations):
         """After unmount: buckets whose scan beside the requests did not end are
         scanned now (nothing changes them any more), before the final flush."""
         for bucket in list(self.ledger):
-            if bucket.scanning:
+            if self.ledger.is_scanning(bucket):
                 usage = scan_tree(os.path.join(self.cfg.backing, bucket.name), self.cfg.profile)
                 pending = pending_bytes(self.handles).get(id(bucket), 0)
                 self.ledger.end_scan(bucket, usage.used_bytes + pending, usage.objects)
@@ -381,8 +381,21 @@ class IronFS(pyfuse3.Operations):
         self.counting.deleted(parent, name, st.st_mode)
         self._forget_name(parent, name, st)
 
-    @handler
-    def rmdir(self, parent_ino: int, name: bytes, ctx: RequestContext) -> None:
+    @async_handler
+    async def rmdir(self, parent_ino: int, name: bytes, ctx: RequestContext) -> None:
+        if parent_ino == pyfuse3.ROOT_INODE and is_bucket_name(name):
+            # DeleteBucket: wait (without holding up other requests) until no
+            # flush is writing this bucket's state, then archive it.
+            while not self.store.claim_for_delete(name):
+                await trio.sleep(0.005)
+            try:
+                self._rmdir(parent_ino, name)
+            finally:
+                self.store.release_delete(name)
+        else:
+            self._rmdir(parent_ino, name)
+
+    def _rmdir(self, parent_ino: int, name: bytes) -> None:
         parent = self.tree.node(parent_ino)
         self.tree.check_writable(parent, name)
         path = self.inodes.child_path(parent, name)
@@ -702,9 +715,9 @@ class IronFS(pyfuse3.Operations):
     def releasedir(self, fh: int) -> None:
         del self.dirs[fh]
 
-    @handler
-    def fsyncdir(self, fh: int, datasync: bool) -> None:
-        fsync_dir(self.tree.target(self.dirs[fh].node))
+    @async_handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(fsync_dir, self.tree.target(self.dirs[fh].node))
 
     # -- extended attributes: the admin interface (control.py) and passthrough ------------
     @handler

@@ -24,6 +24,7 @@ from .limitlog import RefusalLog, hard_crossing, soft_crossing
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
+OVER_SOFT, AT_HARD = 1, 2  # Meter.alerts
 DEFAULT_BUCKET_MAX_BYTES = 5 * GiB
 DEFAULT_ACCOUNT_MAX_BYTES = 10 * GiB
 #: The soft limit, unless set, is this fraction of ``max_bytes``.
@@ -75,8 +76,8 @@ def _thresholds(limits: Limits) -> tuple[int | None, int | None]:
 class Meter:
     """Usage against limits: what buckets and accounts have in common."""
 
-    __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "over_soft", "at_hard",
-                 "hard_bytes", "soft_limit", "scanning")
+    __slots__ = ("name", "limits", "used_bytes", "objects", "dirty", "alerts",
+                 "hard_bytes", "soft_limit")
     kind = "meter"
 
     def __init__(self, name: bytes | str, limits: Limits, used_bytes: int = 0, objects: int = 0):
@@ -85,16 +86,30 @@ class Meter:
         self.objects = objects
         self.dirty = True
         self.set_limits(limits)
-        self.over_soft = self.soft_limit is not None and used_bytes > self.soft_limit
-        self.at_hard = False  # logged as having reached its hard limit (limitlog.py)
-        # Buckets (this one, or an account's members) whose usage a scan beside
-        # the requests is still counting: growth against a limit waits for it.
-        self.scanning = 0
+        # Which limits the log has said it is over (limitlog.py): one int, not
+        # two flags, for memory (10^5 buckets).
+        self.alerts = OVER_SOFT if self.soft_limit is not None and used_bytes > self.soft_limit else 0
 
     def set_limits(self, limits: Limits) -> None:
         self.limits = _shared(limits)
         self.dirty = True
         self.hard_bytes, self.soft_limit = _thresholds(limits)
+
+    @property
+    def over_soft(self) -> bool:
+        return bool(self.alerts & OVER_SOFT)
+
+    @over_soft.setter
+    def over_soft(self, value: bool) -> None:
+        self.alerts = self.alerts | OVER_SOFT if value else self.alerts & ~OVER_SOFT
+
+    @property
+    def at_hard(self) -> bool:
+        return bool(self.alerts & AT_HARD)
+
+    @at_hard.setter
+    def at_hard(self, value: bool) -> None:
+        self.alerts = self.alerts | AT_HARD if value else self.alerts & ~AT_HARD
 
     @property
     def display_name(self) -> str:
@@ -115,7 +130,7 @@ class Meter:
 
 
 class Bucket(Meter):
-    __slots__ = ("stats", "account", "idle", "evicted", "limits_dirty", "__weakref__")
+    __slots__ = ("stats", "account", "evicted", "limits_dirty", "__weakref__")
     kind = "bucket"
     name: bytes
 
@@ -124,7 +139,6 @@ class Bucket(Meter):
         self.limits_dirty = True  # .ironfs-limits to be written (loaders clear it)
         self.stats: MonthCounters | None = None  # this month's counters, owned by stats.StatsBook
         self.account: Account | None = None
-        self.idle = 0  # flush ticks since it last changed (eviction order)
         # Once evicted: the ledger that will reload it, then the reloaded bucket.
         self.evicted: Ledger | Bucket | None = None
 
@@ -168,15 +182,24 @@ class Ledger:
         self._stubs: weakref.WeakValueDictionary[bytes, Bucket] = weakref.WeakValueDictionary()
         self.loader: Callable[[bytes], Bucket] | None = None
         self.refusals = RefusalLog()
+        self.touched: set[Bucket] = set()  # see take_touched
+        # Buckets being counted by a scan beside the requests, and accounts with
+        # such members (by id: counts); rare, so not a field of every bucket.
+        self._scanning: dict[int, int] = {}
 
     # -- membership -------------------------------------------------------
-    def add(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0) -> Bucket:
+    def add(self, name: bytes, limits: Limits, used_bytes: int = 0, objects: int = 0, *,
+            touch: bool = True) -> Bucket:
+        """Track a bucket.  *touch*: have the next flush look at it (a bulk load
+        passes False and touches only what it leaves dirty: memory)."""
         if name in self._buckets:
             raise KeyError(f"bucket {name!r} already tracked")
         if name in self.evicted:
             self._forget_evicted(name)
         bucket = Bucket(name, limits, used_bytes, objects)
         self._buckets[name] = bucket
+        if touch:
+            self.touched.add(bucket)
         stub = self._stubs.pop(name, None)
         if stub is not None:
             stub.evicted = bucket
@@ -238,6 +261,7 @@ class Ledger:
         bucket = Bucket(name, limits, used_bytes, objects)
         bucket.dirty = (used_bytes, objects) != (old_bytes, old_objects)
         self._buckets[name] = bucket
+        self.touched.add(bucket)
         if account is not None and self._still_counts(account, name):
             bucket.account = account  # it never stopped counting this bucket
             self._apply(account, used_bytes - old_bytes, objects - old_objects)
@@ -273,6 +297,7 @@ class Ledger:
         bucket = self._buckets.pop(old)
         bucket.name = new
         bucket.dirty = True
+        self.touched.add(bucket)
         self._buckets[new] = bucket
         if bucket.account is not None:
             bucket.account.buckets.discard(old)
@@ -284,6 +309,7 @@ class Ledger:
         ba, bb = self._buckets[a], self._buckets[b]
         ba.name, bb.name = b, a
         ba.dirty = bb.dirty = True
+        self.touched.update((ba, bb))
         self._buckets[a], self._buckets[b] = bb, ba
         for bucket, old in ((ba, a), (bb, b)):
             if bucket.account is not None:
@@ -324,7 +350,8 @@ class Ledger:
         if old is not None:
             old.buckets.discard(bucket.name)
             bucket.account = None
-            old.scanning -= bucket.scanning
+            if self.is_scanning(bucket):
+                self._count_scan(old, -1)
             self._apply(old, -bucket.used_bytes, -bucket.objects)
         if account is not None:
             account.buckets.add(bucket.name)
@@ -333,23 +360,34 @@ class Ledger:
 
     def _join(self, bucket: Bucket, account: Account) -> None:
         bucket.account = account
-        account.scanning += bucket.scanning
+        if self.is_scanning(bucket):
+            self._count_scan(account, 1)
         self._apply(account, bucket.used_bytes, bucket.objects)
 
     # -- usage being counted by a scan beside the requests ----------------------------
     def begin_scan(self, bucket: Bucket) -> None:
         """*bucket*'s usage is unknown until ``end_scan``: growth against a limit
         of the bucket or its account is refused meanwhile (never overshoot)."""
-        bucket.scanning += 1
+        self._count_scan(bucket, 1)
         if bucket.account is not None:
-            bucket.account.scanning += 1
+            self._count_scan(bucket.account, 1)
 
     def end_scan(self, bucket: Bucket, used_bytes: int, objects: int) -> None:
         """The scan's figures, exact now (taken on the request loop)."""
         self.set_usage(bucket, used_bytes, objects)
-        bucket.scanning -= 1
+        self._count_scan(bucket, -1)
         if bucket.account is not None:
-            bucket.account.scanning -= 1
+            self._count_scan(bucket.account, -1)
+
+    def is_scanning(self, meter: Meter) -> bool:
+        return id(meter) in self._scanning
+
+    def _count_scan(self, meter: Meter, n: int) -> None:
+        left = self._scanning.get(id(meter), 0) + n
+        if left:
+            self._scanning[id(meter)] = left
+        else:
+            self._scanning.pop(id(meter), None)
 
     # -- the quota decision -----------------------------------------------
     def charge(self, bucket: Bucket, nbytes: int, nobjects: int = 0) -> None:
@@ -361,15 +399,11 @@ class Ledger:
             self._check(bucket, bucket, nbytes, nobjects)
             if account is not None:
                 self._check(bucket, account, nbytes, nobjects)
-        self._apply(bucket, nbytes, nobjects)
-        if account is not None:
-            self._apply(account, nbytes, nobjects)
+        self._apply_bucket(bucket, nbytes, nobjects)
 
     def refund(self, bucket: Bucket, nbytes: int, nobjects: int = 0) -> None:
         """Undo a charge, or record a shrink; never refuses."""
-        self._apply(bucket, -nbytes, -nobjects)
-        if bucket.account is not None:
-            self._apply(bucket.account, -nbytes, -nobjects)
+        self._apply_bucket(bucket, -nbytes, -nobjects)
 
     def charge_many(self, changes: Iterable[tuple[Bucket, int, int]]) -> list[tuple[Bucket, int, int]]:
         """Check every change (per bucket and per account, netted) first, then
@@ -390,9 +424,7 @@ class Ledger:
             for bucket, account, nbytes, nobjects in per_account.values():
                 self._check(bucket, account, nbytes, nobjects)
         for bucket, nbytes, nobjects in done:
-            self._apply(bucket, nbytes, nobjects)
-            if bucket.account is not None:
-                self._apply(bucket.account, nbytes, nobjects)
+            self._apply_bucket(bucket, nbytes, nobjects)
         return done
 
     def refund_many(self, changes: Iterable[tuple[Bucket, int, int]]) -> None:
@@ -401,15 +433,28 @@ class Ledger:
 
     def set_usage(self, bucket: Bucket, used_bytes: int, objects: int) -> None:
         """Reconcile: replace a bucket's counters with what a scan found."""
-        dbytes, dobjects = used_bytes - bucket.used_bytes, objects - bucket.objects
-        self._apply(bucket, dbytes, dobjects)
-        if bucket.account is not None:
-            self._apply(bucket.account, dbytes, dobjects)
+        self._apply_bucket(bucket, used_bytes - bucket.used_bytes, objects - bucket.objects)
 
-    @staticmethod
-    def _check(bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
-        if meter.scanning and (nbytes > 0 and meter.hard_bytes is not None or
-                               nobjects > 0 and meter.limits.max_objects is not None):
+    def set_limits(self, bucket: Bucket, limits: Limits) -> None:
+        bucket.set_limits(limits)
+        self.touched.add(bucket)
+
+    def take_touched(self) -> set[Bucket]:
+        """Buckets whose usage, limits or name changed since the last call (the
+        flusher's tick looks at these, not at every bucket)."""
+        touched, self.touched = self.touched, set()
+        return touched
+
+    def _apply_bucket(self, bucket: Bucket, nbytes: int, nobjects: int) -> None:
+        self._apply(bucket, nbytes, nobjects)
+        self.touched.add(bucket)
+        if bucket.account is not None:
+            self._apply(bucket.account, nbytes, nobjects)
+
+    def _check(self, bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
+        if self._scanning and id(meter) in self._scanning and (
+                nbytes > 0 and meter.hard_bytes is not None
+                or nobjects > 0 and meter.limits.max_objects is not None):
             raise QuotaExceeded(bucket, meter, "usage (still being scanned)")
         if nbytes > 0:
             hard = meter.hard_bytes
@@ -422,20 +467,21 @@ class Ledger:
 
     def _apply(self, meter: Meter, nbytes: int, nobjects: int) -> None:
         used = meter.used_bytes + nbytes
-        if used < 0 and not meter.scanning:  # (while scanning, end_scan sets it right)
+        scanning = bool(self._scanning) and id(meter) in self._scanning
+        if used < 0 and not scanning:  # (while scanning, end_scan sets it right)
             # Only possible after changes made behind the mount's back; reconcile
             # repairs it.  Never let the ledger go negative.
             log.warning("%s %s: usage would drop below zero; clamped", meter.kind, meter.display_name)
             used = 0
         meter.used_bytes = used
         objects = meter.objects + nobjects
-        meter.objects = objects if objects > 0 or meter.scanning else 0
+        meter.objects = objects if objects > 0 or scanning else 0
         meter.dirty = True
         soft = meter.soft_limit
-        if soft is not None and (used > soft) != meter.over_soft:
+        if soft is not None and (used > soft) != bool(meter.alerts & OVER_SOFT):
             soft_crossing(meter)
         hard = meter.hard_bytes
-        if meter.at_hard or (hard is not None and used >= hard) or (
+        if meter.alerts & AT_HARD or (hard is not None and used >= hard) or (
                 nobjects > 0 and meter.limits.max_objects is not None
                 and meter.objects >= meter.limits.max_objects):
             hard_crossing(meter)

@@ -138,6 +138,7 @@ def run(cfg: Config) -> None:
         load_buckets(cfg, ledger, book, trust_usage=clean and not cfg.force_rescan)
         load_account_file(cfg, ledger)
         store = StateStore(cfg.backing, ledger, book)
+        store.evicting = cfg.bucket_cache is not None
         ops = IronFS(cfg, ledger, store)
         ledger.loader = functools.partial(reload_bucket, cfg, ledger, book,
                                           scan_beside=ops.scan_bucket_beside)

@@ -48,6 +48,11 @@ class StatsBook:
         self.clock = clock
         self.closed: list[tuple[Bucket, MonthCounters]] = []
         self._month: tuple[float, str, float] = (0.0, "", 0.0)  # start, name, end
+        self.touched: set[Bucket] = set()  # buckets whose counters changed since take_touched
+
+    def take_touched(self) -> set[Bucket]:
+        touched, self.touched = self.touched, set()
+        return touched
 
     def _month_at(self, now: float) -> tuple[str, float]:
         """month_of(now), sharing one name and one end among all buckets."""
@@ -79,6 +84,7 @@ class StatsBook:
             counters = self._roll(bucket, counters)
         counters.values[counter] += n
         counters.dirty = True
+        self.touched.add(bucket)
 
     def _roll(self, bucket: Bucket, old: MonthCounters | None) -> MonthCounters:
         if old is not None and old.dirty:

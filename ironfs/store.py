@@ -1,8 +1,8 @@
 """Writing dirty ledger entries and counters to their state files.
 
 A snapshot is taken on the trio thread (cheap, consistent); the writes (fsync)
-run in a worker thread.  ``lock`` keeps a flush from writing into a bucket
-directory that a handler is archiving or removing at that moment.
+run in a worker thread.  A flush never writes into a bucket directory that a
+DeleteBucket is archiving at that moment (``claim_for_delete``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from .ledger import Bucket, Ledger
@@ -69,22 +70,31 @@ class StateStore:
         self.root = root
         self.ledger = ledger
         self.book = book
-        self.lock = threading.Lock()
+        # Bucket names a flush is writing, and those being deleted (rmdir):
+        # a DeleteBucket waits only for its own bucket's files, never for a batch.
+        self._names = threading.Lock()
+        self._in_flight: dict[bytes, int] = {}
+        self._deleting: set[bytes] = set()
         self.last_flush_seconds = 0.0
         self.last_flush_at = 0.0  # wall clock, for the metrics
         self._failing: set[bytes] = set()
         self.batch_from = BATCH
+        # Buckets by last change, least recent first: the eviction order, kept
+        # only with a bucket cache (about 100 bytes a bucket).
+        self.evicting = False
+        self._recency: OrderedDict[int, Bucket] = OrderedDict()
 
     def snapshot(self) -> list[Item]:
         """Payloads of everything changed, marked clean (trio thread only)."""
         now = utc_now()
         items: list[Item] = []
-        for bucket in self.ledger:
+        for bucket in self.ledger.take_touched() | self.book.take_touched():
+            if self.ledger.get(bucket.name) is not bucket:
+                continue  # evicted or deleted since
             counters = self.book.current(bucket)  # closes out a finished month
-            if bucket.dirty or counters.dirty:
-                bucket.idle = 0
-            else:
-                bucket.idle += 1
+            if self.evicting:
+                self._recency[id(bucket)] = bucket
+                self._recency.move_to_end(id(bucket))
             if bucket.limits_dirty:
                 bucket.limits_dirty = False
                 items.append(Item(bucket, bucket.name, limits_json(bucket.limits, now), limits=True))
@@ -103,9 +113,11 @@ class StateStore:
         return items
 
     def write(self, items: list[Item]) -> list[Item]:
-        """Write *items*; returns those that failed (any thread)."""
+        """Write *items*; returns those that failed (any thread).  Items of a
+        bucket being deleted are left out (its state is archived as it is)."""
         started = time.monotonic()
-        with self.lock:
+        items = self._claim(items)
+        try:
             if len(items) >= self.batch_from:
                 failed = self._write_batch(items)
             else:
@@ -118,9 +130,41 @@ class StateStore:
                         self._failed(item, e)
                     else:
                         self._worked(item)
+        finally:
+            self._release(items)
         self.last_flush_seconds = time.monotonic() - started
         self.last_flush_at = time.time()
         return failed
+
+    # -- a flush and a DeleteBucket never touch the same bucket at once ----------------
+    def _claim(self, items: list[Item]) -> list[Item]:
+        with self._names:
+            kept = [item for item in items if item.name not in self._deleting]
+            for item in kept:
+                self._in_flight[item.name] = self._in_flight.get(item.name, 0) + 1
+        return kept
+
+    def _release(self, items: list[Item]) -> None:
+        with self._names:
+            for item in items:
+                left = self._in_flight[item.name] - 1
+                if left:
+                    self._in_flight[item.name] = left
+                else:
+                    del self._in_flight[item.name]
+
+    def claim_for_delete(self, name: bytes) -> bool:
+        """Whether bucket *name* may be archived now (no flush is writing it);
+        if so, flushes leave it alone until ``release_delete``."""
+        with self._names:
+            if name in self._in_flight:
+                return False
+            self._deleting.add(name)
+            return True
+
+    def release_delete(self, name: bytes) -> None:
+        with self._names:
+            self._deleting.discard(name)
 
     def _write_batch(self, items: list[Item]) -> list[Item]:
         """Many files at once (a start after a crash, a stop): every temp file,
@@ -186,6 +230,7 @@ class StateStore:
                 continue
             if self.ledger.get(bucket.name) is not bucket:
                 continue
+            self.ledger.touched.add(bucket)
             if item.limits:
                 bucket.limits_dirty = True
             elif item.counters is None:
@@ -203,14 +248,23 @@ class StateStore:
         if excess <= 0:
             return 0
         owed = {id(b) for b, _ in self.book.closed}
-        idle = [b for b in self.ledger
-                if not b.dirty and not b.limits_dirty and not (b.stats is not None and b.stats.dirty)
-                and id(b) not in owed and not b.scanning
-                and b.name not in self._failing]
-        idle.sort(key=lambda b: b.idle, reverse=True)
-        for bucket in idle[:excess]:
-            self.ledger.evict(bucket)
-        return min(excess, len(idle))
+        victims: list[int] = []
+        stale: list[int] = []
+        for key, bucket in self._recency.items():  # least recently changed first
+            if len(victims) == excess:
+                break
+            if self.ledger.get(bucket.name) is not bucket:
+                stale.append(key)  # deleted or evicted since
+            elif not (bucket.dirty or bucket.limits_dirty or self.ledger.is_scanning(bucket)
+                      or id(bucket) in owed
+                      or (bucket.stats is not None and bucket.stats.dirty)
+                      or bucket.name in self._failing):
+                victims.append(key)
+        for key in stale:
+            del self._recency[key]
+        for key in victims:
+            self.ledger.evict(self._recency.pop(key))
+        return len(victims)
 
     def flush_now(self) -> bool:
         """Synchronous flush of everything changed; True if all of it was written."""
@@ -219,7 +273,8 @@ class StateStore:
         return not failed
 
     def flush_bucket(self, bucket: Bucket) -> None:
-        """Write one bucket's state now, raising on failure (caller holds ``lock``)."""
+        """Write one bucket's state now, raising on failure (the caller has
+        claimed it with ``claim_for_delete``)."""
         now = utc_now()
         save_quota(self.root, bucket.name, quota_json(bucket, now))
         bucket.dirty = False

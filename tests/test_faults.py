@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -165,3 +166,35 @@ def test_batched_flush_with_a_failing_sync_keeps_the_old_files(
     monkeypatch.undo()
     assert store.flush_now()
     assert quota_file(tmp_path, "b3")["current_usage_bytes"] == 1003
+
+
+def test_a_delete_waits_only_for_its_own_bucket_never_for_a_batch(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ironfs import store as store_module
+    ledger, book = Ledger(), StatsBook()
+    for i in range(3):
+        (tmp_path / f"b{i}").mkdir()
+        book.attach(ledger.add(f"b{i}".encode(), Limits()))
+    store = StateStore(os.fsencode(tmp_path), ledger, book)
+    store.batch_from = 2  # a batch: temp files, syncfs, renames, syncfs
+    in_sync, go_on = threading.Event(), threading.Event()
+
+    def slow_syncfs(path: bytes) -> None:  # 100,000 state files took 13 s here
+        in_sync.set()
+        go_on.wait(10)
+
+    monkeypatch.setattr(store_module, "syncfs", slow_syncfs)
+    items = [i for i in store.snapshot() if i.name != b"b2"]
+    writer = threading.Thread(target=store.write, args=(items,))
+    writer.start()
+    try:
+        assert in_sync.wait(10)
+        assert store.claim_for_delete(b"b2")  # not in the batch: at once
+        assert not store.claim_for_delete(b"b0")  # in it: after the batch
+    finally:
+        go_on.set()
+        writer.join()
+    assert store.claim_for_delete(b"b0")
+    store.release_delete(b"b0")
+    store.release_delete(b"b2")
+    assert store.write(store.snapshot()) == []

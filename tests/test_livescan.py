@@ -61,7 +61,7 @@ def test_reconcile_of_a_changing_bucket_finds_no_drift(big: Mount) -> None:
 
 
 def test_fix_during_changes_leaves_the_ledger_exact(big: Mount) -> None:
-    (big.backing / "busy" / "p000" / "behind").write_bytes(b"y" * 12345)  # real drift
+    (big.backing / "busy" / f"behind-{random.randrange(1 << 30)}").write_bytes(b"y" * 12345)  # drift
     seed = random.randrange(1 << 30)
     client = subprocess.Popen([sys.executable, "-m", "tests.workload", "tree", str(big.mnt), "busy",
                                str(seed), "4"], cwd=Path(__file__).parent.parent)
