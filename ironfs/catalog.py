@@ -8,6 +8,7 @@ requests that change the set of buckets."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -113,15 +114,17 @@ def _read_state_file(bucket_dir: bytes, name: bytes, load: Callable[[bytes], T |
 
 
 def attach_stats(root: bytes, book: StatsBook, bucket: Bucket, set_aside_corrupt: bool = True) -> None:
-    """Continue this month's counters from ``.stats/`` (a corrupt file is set aside)."""
-    counters = book.attach(bucket)
+    """Continue this month's counters from ``.stats/`` (a corrupt file is set
+    aside); a bucket without any gets them when it first counts something."""
+    month = book.month_now()
+    bucket.stats = None  # (fresh counters, made when first used)
     stats_dir = os.path.join(root, bucket.name, b".stats")
     try:
-        values = load_stats(os.path.join(root, bucket.name), counters.month, COUNTERS)
+        values = load_stats(os.path.join(root, bucket.name), month, COUNTERS)
     except CorruptState as e:
         if not set_aside_corrupt:
             return
-        name = stats_name(counters.month)
+        name = stats_name(month)
         kept = name + b".corrupt-" + utc_now().strftime("%Y%m%dT%H%M%SZ").encode()
         try:
             os.rename(os.path.join(stats_dir, name), os.path.join(stats_dir, kept))
@@ -131,22 +134,20 @@ def attach_stats(root: bytes, book: StatsBook, bucket: Bucket, set_aside_corrupt
                   bucket.display_name, os.fsdecode(name), e, os.fsdecode(kept))
         return
     if values is not None:
-        counters.values = values
+        book.attach(bucket, values)
 
 
-def new_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> Bucket:
+def new_bucket(cfg: Config, ledger: Ledger, name: bytes) -> Bucket:
     """A bucket made through the mount (mkdir): default limits, no usage."""
-    bucket = ledger.add(name, default_limits(cfg))
-    book.attach(bucket)
-    return bucket
+    return ledger.add(name, default_limits(cfg))
 
 
-def made_bucket(cfg: Config, ledger: Ledger, book: StatsBook, name: bytes) -> None:
+def made_bucket(cfg: Config, ledger: Ledger, name: bytes) -> None:
     """A top-level directory *name* was just made through the mount: a new
     bucket, unless the ledger already knows one of that name (reloaded from
     its ``.quota`` if evicted: disk I/O)."""
     if ledger.load(name) is None:
-        new_bucket(cfg, ledger, book, name)
+        new_bucket(cfg, ledger, name)
         log.info("bucket %s created", os.fsdecode(name))
 
 
@@ -232,8 +233,18 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     for bucket in ledger:
         attach_stats(cfg.backing, book, bucket)
     total = sum(b.used_bytes for b in ledger)
+    release_free_memory()
     log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
              len(ledger), len(to_scan), total, time.monotonic() - started)
+
+
+def release_free_memory() -> None:
+    """Hand what a load of many buckets freed (parsed state files, scan
+    results) back to the system: glibc keeps freed heap otherwise."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _remove_unfinished(root: bytes, directory: bytes, names: list[bytes] | None = None) -> None:

@@ -28,6 +28,8 @@ from .units import parse_count, parse_limit, parse_size
 log = logging.getLogger(__name__)
 
 ENOATTR = errno.ENODATA
+#: The attributes of the admin interface (never listed, never stored).
+ADMIN_PREFIX = b"user.ironfs."
 ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LIMIT_FIELDS = ("max_bytes", "max_objects", "grace_bytes", "soft_bytes")
 
@@ -85,6 +87,26 @@ class Control:
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
             raise ControlError(errno.EPERM)
+
+    # -- the attributes, as the FUSE adapter hands them over ------------------------------
+    def get_attr(self, on_root: bool, bucket: Bucket | None, name: bytes) -> bytes:
+        """``user.ironfs.<field>`` of the mount root or of a bucket directory."""
+        field = _field(name)
+        if on_root:
+            return self.get_root(field)
+        if bucket is None:
+            raise ControlError(ENOATTR)
+        return self.get_bucket(bucket, field)
+
+    def set_attr(self, on_root: bool, bucket: Bucket | None, name: bytes, value: bytes,
+                 uid: int) -> None:
+        field = _field(name)
+        if on_root:
+            self.set_root(field, value, uid)
+        elif bucket is not None:
+            self.set_bucket(bucket, field, value, uid)
+        else:
+            raise ControlError(errno.ENOTSUP)
 
     # -- on a bucket directory ----------------------------------------------------
     def get_bucket(self, bucket: Bucket, field: str) -> bytes:
@@ -252,6 +274,10 @@ class Control:
                             " (fixed)" if report["fixed"] else "")
         log.info("reconcile of %d bucket(s) took %.3fs: %s", len(report["buckets"]), report["seconds"],
                  "drift found" if report["drift"] else "no drift")
+
+
+def _field(name: bytes) -> str:
+    return name[len(ADMIN_PREFIX):].decode("utf-8", "replace")
 
 
 def _text(value: bytes) -> str:

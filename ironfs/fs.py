@@ -19,31 +19,30 @@ leaves the mount dead (ENOTCONN) rather than writable behind the quota's back.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
-import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields, StatvfsData
 
+from . import replies
 from .accounting import Accounting
+from .background import Background
 from .catalog import delete_bucket, made_bucket
 from .config import Config
-from .control import Control, ControlError
+from .control import ADMIN_PREFIX, Control, ControlError
 from .counting import Counting
-from .handles import DirHandle, Handle, pending_bytes, renameat2
+from .handles import DirHandle, Handle, pending_bytes, recheck_set_ids, renameat2
+from .handling import async_handler, handler
 from .inodes import Node
-from .killpriv import SXID, bits_to_clear, read_writer
-from .ledger import Bucket, Ledger, QuotaExceeded
-from .rules import hides, is_bucket_name
-from .scanner import scan_tree
+from .killpriv import SXID, clear_set_ids
+from .ledger import Ledger, QuotaExceeded
+from .rules import is_bucket_name
 from .scans import Scans
 from .state import fsync_dir
 from .store import StateStore
@@ -54,41 +53,8 @@ log = logging.getLogger(__name__)
 #: Flags never passed to the backing open: O_APPEND because pwrite would ignore the
 #: kernel's offset (the kernel computes the append position and we account for it).
 _STRIP_FLAGS = os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
-_XATTR_PREFIX = b"user.ironfs."
 #: Reads at least this large run in a worker thread.
 THREAD_IO_BYTES = 256 * 1024
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def handler(fn: Callable[Concatenate[IronFS, P], R]
-            ) -> Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]:
-    """Wrap a synchronous handler body: count the request, map domain and OS
-    errors to FUSEError."""
-    op = fn.__name__
-
-    async def wrapper(self: IronFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self.requests[op] += 1
-        with self.fuse_errors():
-            return fn(self, *args, **kwargs)
-    functools.update_wrapper(wrapper, fn)
-    return wrapper
-
-
-def async_handler(fn: Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]
-                  ) -> Callable[Concatenate[IronFS, P], Coroutine[Any, Any, R]]:
-    """The same for a handler that awaits (it waits for its own work; other
-    requests are answered meanwhile)."""
-    op = fn.__name__
-
-    async def wrapper(self: IronFS, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        self.requests[op] += 1
-        with self.fuse_errors():
-            return await fn(self, *args, **kwargs)
-    functools.update_wrapper(wrapper, fn)
-    return wrapper
-
 
 class IronFS(pyfuse3.Operations):
     supports_dot_lookup = True
@@ -111,61 +77,12 @@ class IronFS(pyfuse3.Operations):
         self._next_dir = 1
         self.rejections = 0
         self.requests: Counter[str] = Counter()  # FUSE requests by operation (metrics)
-        self.control = Control(cfg, ledger, store.book, lambda: pending_bytes(self.handles))
-        self.background: trio.Nursery | None = None  # set while serving (mount.py)
+        self.control = Control(cfg, ledger, store.book, self.pending_bytes)
+        self.work = Background(cfg, ledger, self.scans, self.control, self.tree, self.pending_bytes)
 
-    def serve_background(self, nursery: trio.Nursery) -> None:
-        """From now on, scans run beside the requests, in *nursery*."""
-        self.background = nursery
-        self.control.live = self._reconcile_live
-        self.tree.scan_beside = self.scan_bucket_beside
-
-    def settle_scans(self) -> None:
-        """After unmount: buckets whose scan beside the requests did not end are
-        scanned now (nothing changes them any more), before the final flush."""
-        for bucket in list(self.ledger):
-            if self.ledger.is_scanning(bucket):
-                usage = scan_tree(os.path.join(self.cfg.backing, bucket.name), self.cfg.profile)
-                pending = pending_bytes(self.handles).get(id(bucket), 0)
-                self.ledger.end_scan(bucket, usage.used_bytes + pending, usage.objects)
-
-    def scan_bucket_beside(self, bucket: Bucket) -> None:
-        """Count *bucket*'s usage with a scan beside the requests (adopted, or
-        reloaded without a usable .quota); until it ends, its growth against a
-        limit is refused rather than risk overshooting."""
-        path = os.path.join(self.cfg.backing, bucket.name)
-        if self.background is None:  # not serving (yet, or any more): nothing runs beside
-            usage = scan_tree(path, self.cfg.profile)
-            pending = pending_bytes(self.handles).get(id(bucket), 0)
-            self.ledger.set_usage(bucket, usage.used_bytes + pending, usage.objects)
-            return
-        self.ledger.begin_scan(bucket)
-        running = self.scans.start(path)
-
-        async def run() -> None:
-            try:
-                scan = await self.scans.finish(running)
-            except Exception:
-                log.exception("scan of bucket %s failed; its growth stays refused until "
-                              "`ironfs reconcile --fix`", bucket.display_name)
-                return
-            pending = pending_bytes(self.handles).get(id(bucket), 0)
-            self.ledger.end_scan(bucket, scan.used_bytes + pending, scan.objects)
-            log.info("bucket %s scanned: %d bytes, %d objects", bucket.display_name,
-                     bucket.used_bytes, bucket.objects)
-        self.background.start_soon(run)
-
-    def _reconcile_live(self, names: list[bytes] | None, fix: bool) -> None:
-        async def run() -> None:
-            try:
-                result = await self.scans.reconcile(self.ledger, self.cfg.backing, names, fix,
-                                                    lambda: pending_bytes(self.handles))
-            except Exception as e:  # a failed reconcile must not take the mount down
-                log.exception("reconcile failed")
-                result = {"state": "failed", "error": str(e), "at": time.time()}
-            self.control.finished(result)
-        assert self.background is not None
-        self.background.start_soon(run)
+    def pending_bytes(self) -> dict[int, int]:
+        """Bytes still charged for files unlinked while open, per bucket id."""
+        return pending_bytes(self.handles)
 
     @contextmanager
     def fuse_errors(self) -> Iterator[None]:
@@ -185,25 +102,8 @@ class IronFS(pyfuse3.Operations):
             log.debug("refused: %s", e)
             raise FUSEError(self.quota_errno) from None
 
-    # -- nodes, paths, attributes -------------------------------------------------
     def _entry(self, node: Node, st: os.stat_result) -> EntryAttributes:
-        e = EntryAttributes()
-        e.st_ino = node.ino
-        e.generation = node.generation
-        e.entry_timeout = self.cfg.entry_timeout
-        e.attr_timeout = self.cfg.attr_timeout
-        for field in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
-                      "st_blksize", "st_blocks", "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
-            setattr(e, field, getattr(st, field))
-        return e
-
-    def _negative(self) -> EntryAttributes:
-        """"No such entry", which the kernel may remember for entry_timeout: a
-        server checks a key several times before it writes it."""
-        e = EntryAttributes()
-        e.st_ino = 0
-        e.entry_timeout = self.cfg.entry_timeout
-        return e
+        return replies.entry(self.cfg, node, st)
 
     # -- lookups and attributes ------------------------------------------------------
     @handler
@@ -215,11 +115,11 @@ class IronFS(pyfuse3.Operations):
             node.lookups += 1
             return self._entry(node, st)
         if not self.cfg.expose_state and self.tree.is_state_name(parent, name):
-            return self._negative()
+            return replies.negative(self.cfg)
         try:
             st = os.lstat(self.inodes.child_path(parent, name))
         except FileNotFoundError:
-            return self._negative()
+            return replies.negative(self.cfg)
         node = self.tree.remember(parent, name, st)
         if stat.S_ISREG(st.st_mode):
             self.counting.looked_at(node)
@@ -252,39 +152,16 @@ class IronFS(pyfuse3.Operations):
                 handle.wrote = True
                 self.counting.written(node)
         if fields.update_mode or fields.update_uid or fields.update_gid:
-            self._recheck_set_ids(node)
+            recheck_set_ids(self.handles, node)
         if fields.update_mode:
-            if stat.S_ISLNK(self.tree.lstat(node).st_mode):
-                raise FUSEError(errno.EOPNOTSUPP)
-            os.chmod(target, stat.S_IMODE(attr.st_mode))
+            self.tree.set_mode(node, target, stat.S_IMODE(attr.st_mode))
         if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            if isinstance(target, int):
-                os.fchown(target, uid, gid)
-            else:
-                os.chown(target, uid, gid, follow_symlinks=False)
+            self.tree.set_owner(target, attr.st_uid if fields.update_uid else -1,
+                                attr.st_gid if fields.update_gid else -1)
         if fields.update_atime or fields.update_mtime:
-            self._set_times(node, target, attr, fields)
+            self.tree.set_times(node, target, attr.st_atime_ns if fields.update_atime else None,
+                                attr.st_mtime_ns if fields.update_mtime else None)
         return self._entry(node, self.tree.lstat(node))
-
-    def _recheck_set_ids(self, node: Node) -> None:
-        """Mode or owner changes: the next write through each writable handle
-        of *node* looks at the set-ID bits again."""
-        if node.open:
-            for handle in self.handles.values():
-                if handle.node is node and handle.opener is not None:
-                    handle.check_sxid = True
-
-    def _set_times(self, node: Node, target: bytes | int, attr: EntryAttributes,
-                   fields: SetattrFields) -> None:
-        st = self.tree.lstat(node)
-        atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
-        mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
-        if isinstance(target, int):
-            os.utime(target, ns=(atime, mtime))
-        else:
-            os.utime(target, ns=(atime, mtime), follow_symlinks=False)
 
     def _truncate(self, node: Node, target: bytes | int, length: int) -> None:
         changes = []
@@ -304,12 +181,7 @@ class IronFS(pyfuse3.Operations):
 
     @handler
     def statfs(self, ctx: RequestContext) -> StatvfsData:
-        s = os.statvfs(self.cfg.backing)
-        d = StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
-                     "f_files", "f_ffree", "f_favail", "f_namemax"):
-            setattr(d, name, getattr(s, name))
-        return d
+        return replies.statvfs(self.cfg.backing)
 
     # -- making and removing names ---------------------------------------------------
     @handler
@@ -333,7 +205,7 @@ class IronFS(pyfuse3.Operations):
         os.mkdir(path, mode & ~ctx.umask & 0o7777)
         self.tree.chown_new(path, parent, ctx.uid, ctx.gid)
         if parent is self.root and is_bucket_name(name):
-            made_bucket(self.cfg, self.ledger, self.store.book, name)
+            made_bucket(self.cfg, self.ledger, name)
         return self._entry(*self.tree.remember_new(parent, name, path))
 
     @handler
@@ -411,30 +283,9 @@ class IronFS(pyfuse3.Operations):
     @async_handler
     async def rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
                      new_name: bytes, flags: int, ctx: RequestContext) -> None:
-        counted = await self._count_if_publishing(old_parent_ino, old_name, new_parent_ino, new_name)
+        counted = await self.work.count_if_publishing(
+            self.tree.node(old_parent_ino), old_name, self.tree.node(new_parent_ino), new_name)
         self._rename(old_parent_ino, old_name, new_parent_ino, new_name, flags, counted)
-
-    async def _count_if_publishing(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int,
-                                   new_name: bytes) -> tuple[tuple[int, int], int] | None:
-        """A directory renamed between hidden and visible changes its bucket's
-        object count by the objects below it: they are counted beside the
-        requests (this rename waits for them, no other request does).
-        Returns (the directory's key, its objects), or None."""
-        old_parent = self.tree.node(old_parent_ino)
-        new_parent = self.tree.node(new_parent_ino)
-        if old_parent is self.root or new_parent is self.root or not old_parent.in_bucket:
-            return None
-        hidden = self.accounting.in_hidden_dir(old_parent) or hides(old_name)
-        if hidden == (self.accounting.in_hidden_dir(new_parent) or hides(new_name)):
-            return None
-        path = self.inodes.child_path(old_parent, old_name)
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode) or old_parent.load_bucket() is not new_parent.load_bucket():
-            return None
-        if self.background is None:
-            return None  # (not serving: counted where it is needed)
-        scan = await self.scans.run(path, bucket_top=False)
-        return (st.st_dev, st.st_ino), scan.objects
 
     def _rename(self, old_parent_ino: int, old_name: bytes, new_parent_ino: int, new_name: bytes,
                 flags: int, counted: tuple[tuple[int, int], int] | None) -> None:
@@ -471,30 +322,13 @@ class IronFS(pyfuse3.Operations):
         staged_at = self.inodes.components(old_parent)[1:] + [old_name] if published else []
         with self.accounting.reserve(changes):
             renameat2(old_path, new_path, flags)
-        self._tell_scans_renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
+        self.scans.renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if published:
             self.counting.published(new_parent, self.inodes.by_key((src.st_dev, src.st_ino)),
                                     staged_at)
         replaced = self.tree.renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if replaced is not None:
             self.counting.forgotten(replaced)
-
-    def _tell_scans_renamed(self, old_parent: Node, old_name: bytes, src: os.stat_result,
-                            new_parent: Node, new_name: bytes, dst: os.stat_result | None,
-                            exchange: bool) -> None:
-        if not self.scans.active:
-            return
-        moves = [(old_parent, old_name, src, new_parent, new_name)]
-        if exchange and dst is not None:
-            moves.append((new_parent, new_name, dst, old_parent, old_name))
-        elif dst is not None:
-            self.scans.unnamed(new_parent, new_name, dst)  # replaced
-        for from_parent, from_name, st, to_parent, to_name in moves:
-            if stat.S_ISDIR(st.st_mode):
-                self.scans.dir_moved(from_parent, from_name, to_parent, to_name)
-            else:
-                self.scans.unnamed(from_parent, from_name, st)
-                self.scans.named(to_parent, to_name, st)
 
     def _forget_name(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         node = self.tree.dropped(parent, name, st)
@@ -604,7 +438,8 @@ class IronFS(pyfuse3.Operations):
         node = handle.node
         fd = handle.fd
         if handle.check_sxid:
-            self._clear_set_ids(handle)
+            clear_set_ids(handle.fd, handle.opener)
+            handle.check_sxid = False
         bucket = node.load_bucket()
         if bucket is None:
             return os.pwrite(fd, buf, off)
@@ -618,17 +453,6 @@ class IronFS(pyfuse3.Operations):
         if node.size is not None and node.size != size:
             self.scans.resized(node, size, node.size)
         return n
-
-    def _clear_set_ids(self, handle: Handle) -> None:
-        """The first write through a handle of a set-ID file clears the bits its
-        opener may not keep (killpriv.py); again after a chmod or chown."""
-        handle.check_sxid = False
-        st = os.fstat(handle.fd)
-        if handle.opener is None or not st.st_mode & SXID:
-            return
-        clear = bits_to_clear(st.st_mode, st.st_gid, read_writer(*handle.opener))
-        if clear:
-            os.fchmod(handle.fd, stat.S_IMODE(st.st_mode) & ~clear)
 
     async def flush(self, fh: int) -> None:
         # ENOSYS, after which the kernel stops sending FLUSH on every close(2):
@@ -727,28 +551,17 @@ class IronFS(pyfuse3.Operations):
             # carry no file capabilities, and answering costs no syscall.
             raise FUSEError(pyfuse3.ENOATTR)
         node = self.tree.node(ino)
-        if name.startswith(_XATTR_PREFIX):
-            field = name[len(_XATTR_PREFIX):].decode("utf-8", "replace")
-            if node is self.root:
-                return self.control.get_root(field)
-            bucket = node.load_bucket() if self.tree.is_bucket_dir(node) else None
-            if bucket is None:
-                raise FUSEError(pyfuse3.ENOATTR)
-            return self.control.get_bucket(bucket, field)
+        if name.startswith(ADMIN_PREFIX):
+            return self.control.get_attr(node is self.root, self.tree.bucket_of_dir(node), name)
         return os.getxattr(self.tree.target(node), name, follow_symlinks=False)
+
+
 
     @handler
     def setxattr(self, ino: int, name: bytes, value: bytes, ctx: RequestContext) -> None:
         node = self.tree.node(ino)
-        if name.startswith(_XATTR_PREFIX):
-            field = name[len(_XATTR_PREFIX):].decode("utf-8", "replace")
-            bucket = node.load_bucket() if self.tree.is_bucket_dir(node) else None
-            if node is self.root:
-                self.control.set_root(field, value, ctx.uid)
-            elif bucket is not None:
-                self.control.set_bucket(bucket, field, value, ctx.uid)
-            else:
-                raise FUSEError(errno.ENOTSUP)
+        if name.startswith(ADMIN_PREFIX):
+            self.control.set_attr(node is self.root, self.tree.bucket_of_dir(node), name, value, ctx.uid)
             return
         if node.is_state:
             raise FUSEError(errno.EPERM)
@@ -757,14 +570,14 @@ class IronFS(pyfuse3.Operations):
     @handler
     def listxattr(self, ino: int, ctx: RequestContext) -> list[bytes]:
         names = os.listxattr(self.tree.target(self.tree.node(ino)), follow_symlinks=False)
-        return [n for n in map(os.fsencode, names) if not n.startswith(_XATTR_PREFIX)]
+        return [n for n in map(os.fsencode, names) if not n.startswith(ADMIN_PREFIX)]
 
     @handler
     def removexattr(self, ino: int, name: bytes, ctx: RequestContext) -> None:
         node = self.tree.node(ino)
-        if name.startswith(_XATTR_PREFIX) and node is self.root:
-            self.control.remove_root(name[len(_XATTR_PREFIX):].decode("utf-8", "replace"), ctx.uid)
+        if name.startswith(ADMIN_PREFIX) and node is self.root:
+            self.control.remove_root(name[len(ADMIN_PREFIX):].decode("utf-8", "replace"), ctx.uid)
             return
-        if name.startswith(_XATTR_PREFIX) or node.is_state:
+        if name.startswith(ADMIN_PREFIX) or node.is_state:
             raise FUSEError(errno.EPERM)
         os.removexattr(self.tree.target(node), name, follow_symlinks=False)

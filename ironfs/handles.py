@@ -52,6 +52,15 @@ def pending_bytes(handles: Mapping[int, Handle]) -> dict[int, int]:
     return pending
 
 
+def recheck_set_ids(handles: Mapping[int, Handle], node: Node) -> None:
+    """Mode or owner changes: the next write through each writable handle of
+    *node* looks at the set-ID bits again (killpriv.py)."""
+    if node.open:
+        for handle in handles.values():
+            if handle.node is node and handle.opener is not None:
+                handle.check_sxid = True
+
+
 def renameat2(old: bytes, new: bytes, flags: int) -> None:
     """rename(2) with RENAME_NOREPLACE/RENAME_EXCHANGE flags."""
     if flags == 0:

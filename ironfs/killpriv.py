@@ -9,11 +9,12 @@ or the writer is not in the file's group.
 
 pyfuse3 tells the write handler nothing of the writer, so the opener of the
 handle stands for it (an fd handed to another process keeps its opener's
-treatment).  Plain Python; ``read_writer`` is the only function with I/O.
+treatment).  Plain Python; ``read_writer`` and ``clear_set_ids`` do I/O.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 from dataclasses import dataclass
 
@@ -66,3 +67,14 @@ def read_writer(pid: int, uid: int, gid: int) -> Writer:
             return parse_status(f.read(), uid, gid)
     except OSError:
         return Writer(uid, gid, frozenset(), uid == 0)
+
+
+def clear_set_ids(fd: int, opener: tuple[int, int, int] | None) -> None:
+    """A write through *fd*, opened by *opener* (pid, uid, gid), is about to
+    happen: clear the set-ID bits it may not keep (touches the file)."""
+    st = os.fstat(fd)
+    if opener is None or not st.st_mode & SXID:
+        return
+    clear = bits_to_clear(st.st_mode, st.st_gid, read_writer(*opener))
+    if clear:
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~clear)

@@ -90,11 +90,9 @@ class LedgerCollector(Collector):
                                         labels=["bucket"])
                  for c in ("bytes_written", "bytes_read", "quota_rejections")}
         for b in buckets:
-            counters = b.stats
-            if counters is None:
-                continue
+            counters = b.stats  # (None: nothing counted this month yet)
             name = name_to_json(b.name)
-            values = list(counters.values)
+            values = list(counters.values) if counters is not None else [0] * len(COUNTERS)
             for i, op in OPERATIONS:
                 ops.add_metric([name, op], values[i])
             for c, family in extra.items():

@@ -111,12 +111,12 @@ async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
 async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics,
                  early: list[int]) -> None:
     async with trio.open_nursery() as nursery:
-        ops.serve_background(nursery)
+        ops.work.serve(nursery)
         nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval, cfg.bucket_cache)
         nursery.start_soon(_stop_on_signal, early)
         nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
-        ops.background = None  # scans still running are abandoned (the next start rescans)
+        ops.work.stop()  # scans still running are settled after the unmount
         nursery.cancel_scope.cancel()
 
 
@@ -141,7 +141,7 @@ def run(cfg: Config) -> None:
         store.evicting = cfg.bucket_cache is not None
         ops = IronFS(cfg, ledger, store)
         ledger.loader = functools.partial(reload_bucket, cfg, ledger, book,
-                                          scan_beside=ops.scan_bucket_beside)
+                                          scan_beside=ops.work.scan_bucket)
         try:
             metrics = Metrics(LedgerCollector(ledger, store, ops.control, ops),
                               cfg.metrics_address, cfg.metrics_file)
@@ -161,7 +161,7 @@ def run(cfg: Config) -> None:
             # dead, so nothing can write to the bare directory behind the quota.
             pyfuse3.close(unmount=stopped_cleanly and is_fuse_mount(cfg.mountpoint))
         notify("STOPPING=1")
-        ops.settle_scans()
+        ops.work.settle()
         ops.release_all()
         ops.counting.commit_heads(everything=True)
         ops.ledger.refusals.tick(force=True)

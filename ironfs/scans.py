@@ -144,6 +144,24 @@ class Scans:
                 visible = not hidden and self.profile.is_object_name(name)
                 scan.unnamed(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
 
+    def renamed(self, old_parent: Node, old_name: bytes, src: os.stat_result,
+                new_parent: Node, new_name: bytes, dst: os.stat_result | None,
+                exchange: bool) -> None:
+        """A rename (or exchange) replacing *dst* if it existed."""
+        if not self.active:
+            return
+        moves = [(old_parent, old_name, src, new_parent, new_name)]
+        if exchange and dst is not None:
+            moves.append((new_parent, new_name, dst, old_parent, old_name))
+        elif dst is not None:
+            self.unnamed(new_parent, new_name, dst)  # replaced
+        for from_parent, from_name, st, to_parent, to_name in moves:
+            if _is_file(st):
+                self.unnamed(from_parent, from_name, st)
+                self.named(to_parent, to_name, st)
+            elif (st.st_mode & 0o170000) == 0o040000:
+                self.dir_moved(from_parent, from_name, to_parent, to_name)
+
     def dir_moved(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes) -> None:
         """A directory went from *old_parent*/*old_name* to *new_parent*/*new_name*:
         walked again from its new place; if that made it hidden or visible to a

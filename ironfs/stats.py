@@ -64,11 +64,15 @@ class StatsBook:
             self._month = (start, name, until)
         return name, until
 
-    def attach(self, bucket: Bucket) -> MonthCounters:
-        """Give *bucket* fresh counters for the current month (the caller may
-        continue them from the month's file)."""
+    def month_now(self) -> str:
+        return self._month_at(self.clock())[0]
+
+    def attach(self, bucket: Bucket, values: list[int] | None = None) -> MonthCounters:
+        """Give *bucket* counters for the current month: fresh, or continuing
+        *values* read from the month's file.  (A bucket with neither has none
+        until it counts something: 10^5 idle buckets need no zeros each.)"""
         current, until = self._month_at(self.clock())
-        counters = MonthCounters(current, until)
+        counters = MonthCounters(current, until, values)
         bucket.stats = counters
         return counters
 

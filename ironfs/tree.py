@@ -68,6 +68,10 @@ class BackingTree:
     def is_bucket_dir(self, node: Node) -> bool:
         return node.parent is self.root and node.in_bucket
 
+    def bucket_of_dir(self, node: Node) -> Bucket | None:
+        """The bucket if *node* is a bucket directory (reloaded if evicted)."""
+        return node.load_bucket() if self.is_bucket_dir(node) else None
+
     def is_state_name(self, parent: Node, name: bytes) -> bool:
         if parent is self.root:
             return is_root_state(name)
@@ -151,6 +155,31 @@ class BackingTree:
             if not stat.S_ISDIR(dst.st_mode):
                 dst_node.set_bucket(old_parent.load_bucket())
         return replaced
+
+    # -- metadata changes (setattr) ---------------------------------------------------------
+    def set_mode(self, node: Node, target: bytes | int, mode: int) -> None:
+        if stat.S_ISLNK(self.lstat(node).st_mode):
+            raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own here")
+        os.chmod(target, mode)
+
+    @staticmethod
+    def set_owner(target: bytes | int, uid: int, gid: int) -> None:
+        """(-1: unchanged)"""
+        if isinstance(target, int):
+            os.fchown(target, uid, gid)
+        else:
+            os.chown(target, uid, gid, follow_symlinks=False)
+
+    def set_times(self, node: Node, target: bytes | int, atime_ns: int | None,
+                  mtime_ns: int | None) -> None:
+        """(None: unchanged)"""
+        st = self.lstat(node)
+        times = (st.st_atime_ns if atime_ns is None else atime_ns,
+                 st.st_mtime_ns if mtime_ns is None else mtime_ns)
+        if isinstance(target, int):
+            os.utime(target, ns=times)
+        else:
+            os.utime(target, ns=times, follow_symlinks=False)
 
     # -- helpers of requests that make names ------------------------------------------------
     def chown_new(self, target: bytes | int, parent: Node, uid: int, gid: int) -> None:

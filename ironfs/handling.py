@@ -1,0 +1,48 @@
+"""How a FUSE handler is wrapped: its request counted, and only FUSEError let
+out (the adapter's ``fuse_errors`` maps OS errors and quota refusals)."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Adapter(Protocol):
+    requests: Counter[str]  # FUSE requests by operation (metrics)
+
+    def fuse_errors(self) -> AbstractContextManager[None]: ...
+
+
+A = TypeVar("A", bound=Adapter)
+
+
+def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], Coroutine[Any, Any, R]]:
+    """Wrap a synchronous handler body (no await: see fs.py's concurrency contract)."""
+    op = fn.__name__
+
+    async def wrapper(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.requests[op] += 1
+        with self.fuse_errors():
+            return fn(self, *args, **kwargs)
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+def async_handler(fn: Callable[Concatenate[A, P], Coroutine[Any, Any, R]]
+                  ) -> Callable[Concatenate[A, P], Coroutine[Any, Any, R]]:
+    """The same for a handler that awaits (it waits for its own work; other
+    requests are answered meanwhile)."""
+    op = fn.__name__
+
+    async def wrapper(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.requests[op] += 1
+        with self.fuse_errors():
+            return await fn(self, *args, **kwargs)
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
