@@ -45,6 +45,21 @@ def test_clean_stop_flushes_and_leaves_marker(tmp_path: Path) -> None:
     assert (m.backing / ".ironfs" / "clean").exists()
 
 
+def test_a_mountpoint_with_a_space_stops_cleanly_and_is_seen_as_mounted(tmp_path: Path) -> None:
+    mnt = tmp_path / "s3 with space\tand tab"
+    m = start_mount(tmp_path / "backing", mnt)
+    try:
+        (m.mnt / "b").mkdir()
+        (tmp_path / "other").mkdir()
+        second = subprocess.run([sys.executable, "-m", "ironfs", str(tmp_path / "other"), str(mnt)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode != 0 and "already a FUSE mount" in second.stderr
+    finally:
+        assert m.stop() == 0
+    assert not is_fuse_mount(os.fsencode(mnt))  # unmounted, not left dead
+    assert (m.backing / ".ironfs" / "clean").exists()
+
+
 def test_external_umount_is_a_clean_stop(tmp_path: Path) -> None:
     m = start_mount(tmp_path / "backing", tmp_path / "s3")
     try:
