@@ -25,6 +25,7 @@ from .ledger import Bucket, Ledger
 from .rules import hides
 from .scanner import scan_tree
 from .scans import Scans
+from .startcheck import changed_between
 from .tree import BackingTree
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,25 @@ class Background:
             self.control.finished(result)
         assert self.nursery is not None
         self.nursery.start_soon(run)
+
+    def check_changed_while_stopped(self, stopped: float, started: float) -> None:
+        """Sample every bucket for changes made between the last clean stop and
+        this start (startcheck.py), beside the requests; rescan those found."""
+        async def run() -> None:
+            began = time.monotonic()
+            suspects = 0
+            for bucket in list(self.ledger):
+                path = os.path.join(self.cfg.backing, bucket.name)
+                found = await trio.to_thread.run_sync(changed_between, path, stopped, started)
+                if found is not None and self.ledger.get(bucket.name) is bucket:
+                    suspects += 1
+                    log.warning("bucket %s was changed while ironfs was stopped (%s); rescanning it",
+                                bucket.display_name, os.fsdecode(found))
+                    self.scan_bucket(bucket)
+            log.info("start check: %d bucket(s) sampled in %.2fs, %d changed while stopped",
+                     len(self.ledger), time.monotonic() - began, suspects)
+        if self.nursery is not None:
+            self.nursery.start_soon(run)
 
     async def count_if_publishing(self, old_parent: Node, old_name: bytes, new_parent: Node,
                                   new_name: bytes) -> tuple[tuple[int, int], int] | None:

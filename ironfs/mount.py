@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from contextlib import ExitStack
 
 import pyfuse3
@@ -109,9 +110,11 @@ async def _ready_when_answering(mountpoint: bytes, ledger: Ledger) -> None:
 
 
 async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics,
-                 early: list[int]) -> None:
+                 early: list[int], trusted_since: tuple[float, float] | None) -> None:
     async with trio.open_nursery() as nursery:
         ops.work.serve(nursery)
+        if trusted_since is not None:  # .quota was trusted: sample for changes while stopped
+            ops.work.check_changed_while_stopped(*trusted_since)
         nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval, cfg.bucket_cache)
         nursery.start_soon(_stop_on_signal, early)
         nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
@@ -127,7 +130,9 @@ def run(cfg: Config) -> None:
         lock = MountLock(cfg.backing)
         lock.acquire()
         stack.callback(lock.release)
-        clean = take_clean_marker(cfg.backing)
+        started = time.time()
+        stopped = take_clean_marker(cfg.backing)
+        clean = stopped is not None
         if not clean:
             log.warning("no clean-shutdown marker (first mount, or a crash): "
                         "rescanning every bucket")
@@ -154,7 +159,8 @@ def run(cfg: Config) -> None:
                  os.fsdecode(cfg.mountpoint), len(ledger), "on" if cfg.enforce else "off")
         stopped_cleanly = False
         try:
-            trio.run(_serve, cfg, ops, store, metrics, early)
+            trusted = (stopped, started) if stopped is not None and not cfg.force_rescan else None
+            trio.run(_serve, cfg, ops, store, metrics, early, trusted)
             stopped_cleanly = True
         finally:
             # Unmount only on a clean stop: a crashed daemon must leave the mount

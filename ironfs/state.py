@@ -421,17 +421,19 @@ def is_locked(root: bytes) -> bool:
     return False
 
 
-def take_clean_marker(root: bytes) -> bool:
-    """Remove the clean-shutdown marker; True if the last shutdown was clean.
+def take_clean_marker(root: bytes) -> float | None:
+    """Remove the clean-shutdown marker; when the last shutdown ended (its
+    time, as the filesystem recorded it) if it was clean, else None.
 
     Removed durably before serving, so a crash from now on is detected."""
     path = os.path.join(state_dir(root), CLEAN_MARKER)
     try:
+        stopped = os.stat(path).st_ctime
         os.unlink(path)
     except FileNotFoundError:
-        return False
+        return None
     fsync_dir(state_dir(root))
-    return True
+    return stopped
 
 
 def write_clean_marker(root: bytes, now: datetime) -> None:

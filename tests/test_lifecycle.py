@@ -15,7 +15,7 @@ import pytest
 
 from ironfs.mountinfo import is_fuse_mount
 from ironfs.rules import is_bucket_state
-from tests.mounting import clear_mount, ledger, quota_file, require_fuse, scan, start_mount
+from tests.mounting import clear_mount, ledger, quota_file, require_fuse, scan, start_mount, wait_for
 
 MiB = 1 << 20
 
@@ -195,6 +195,31 @@ def test_a_limit_that_cannot_be_recovered_is_an_error(tmp_path: Path) -> None:
         assert os.getxattr(m.mnt / "beta", "user.ironfs.max_bytes") == str(1 << 30).encode()
         errors = [line for line in m.log_text().splitlines() if "cannot be recovered" in line]
         assert len(errors) == 1 and "ERROR" in errors[0]
+    finally:
+        m.stop()
+
+
+@pytest.mark.parametrize("change", ["append", "new file", "new dir", "none"])
+def test_changes_made_while_stopped_are_found_and_rescanned(tmp_path: Path, change: str) -> None:
+    backing = tmp_path / "backing"
+    populate(backing)
+    start_mount(backing, tmp_path / "s3").stop()  # a clean stop: .quota will be trusted
+    time.sleep(0.05)
+    if change == "append":
+        with open(backing / "alpha" / "dir" / "obj", "ab") as f:
+            f.write(b"+" * 111)
+    elif change == "new file":
+        (backing / "beta" / "dropped-in").write_bytes(b"n" * 222)
+    elif change == "new dir":
+        (backing / "beta" / "restored").mkdir()
+        (backing / "beta" / "restored" / "obj").write_bytes(b"r" * 333)
+    m = start_mount(backing, tmp_path / "s3")
+    try:
+        wait_for(lambda: "start check:" in m.log_text())
+        for bucket in ("alpha", "beta"):
+            wait_for(lambda b=bucket: ledger(m.mnt, b) == scan(backing, b))
+        rescans = m.log_text().count("was changed while ironfs was stopped")
+        assert rescans == (0 if change == "none" else 1)
     finally:
         m.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -92,10 +93,11 @@ def test_lock_refuses_a_second_holder(tmp_path: Path) -> None:
 def test_clean_marker(tmp_path: Path) -> None:
     root = os.fsencode(tmp_path)
     (tmp_path / ".ironfs").mkdir()
-    assert take_clean_marker(root) is False
+    assert take_clean_marker(root) is None
     write_clean_marker(root, NOW)
-    assert take_clean_marker(root) is True
-    assert take_clean_marker(root) is False  # taken: a crash from now on is detected
+    stopped = take_clean_marker(root)
+    assert stopped is not None and abs(stopped - time.time()) < 60
+    assert take_clean_marker(root) is None  # taken: a crash from now on is detected
 
 
 def test_archive_moves_state_out_of_the_bucket(tmp_path: Path) -> None:
