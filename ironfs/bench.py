@@ -172,6 +172,60 @@ def put_pattern(d: Path, count: int, size: int, writers: int = 1) -> float:
     return count / (time.perf_counter() - started)
 
 
+def scan_beside(backing: Path, mnt: Path, objects: int) -> dict[str, float]:
+    """Latency of requests on one bucket while a reconcile scans another of
+    *objects* objects (made behind the mount, then taken in): the mount must
+    keep answering."""
+    (mnt / "big").mkdir()
+    (mnt / "small").mkdir()
+    for i in range(100):
+        (backing / "big" / f"p{i:02d}").mkdir()
+    for i in range(objects):
+        os.close(os.open(backing / "big" / f"p{i % 100:02d}" / f"o{i}", os.O_WRONLY | os.O_CREAT, 0o644))
+    reconcile(mnt, b"fix:big")
+    drop_caches()
+    lookups: list[float] = []
+    creates: list[float] = []
+    stop = threading.Event()
+    data = os.urandom(4096)
+
+    def probe() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            started = time.perf_counter()
+            os.path.exists(mnt / "small" / f"none{i}")  # a new name: the kernel must ask
+            lookups.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            with open(mnt / "small" / f"c{i}", "wb") as f:
+                f.write(data)
+            creates.append(time.perf_counter() - started)
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    started = time.perf_counter()
+    try:
+        reconcile(mnt, b"check:big")
+    finally:
+        seconds = time.perf_counter() - started
+        stop.set()
+        thread.join()
+    def p99_ms(samples: list[float]) -> float:
+        return statistics.quantiles(samples, n=100)[98] * 1e3
+
+    return {f"reconcile of {objects:,} objects beside requests, s": seconds,
+            "p99 lookup on another bucket meanwhile, ms": p99_ms(lookups),
+            "p99 4 KiB create on another bucket meanwhile, ms": p99_ms(creates),
+            "requests answered meanwhile": float(len(lookups) + len(creates))}
+
+
+def reconcile(mnt: Path, request: bytes) -> None:
+    os.setxattr(mnt, b"user.ironfs.reconcile", request)
+    while orjson.loads(os.getxattr(mnt, b"user.ironfs.reconcile")).get("state") == "running":
+        time.sleep(0.05)
+
+
 # -- micro figures (in-process, no mount) -------------------------------------------
 
 def micro(scratch: Path, sizes: Sizes) -> dict[str, float]:
@@ -301,11 +355,12 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict[str, Any]:
                         units[name] = unit
                     shutil.rmtree(d)
         requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 else {}
+        beside = scan_beside(scratch / "backing", mounted.mnt, sizes.scan_objects)
     finally:
         mounted.close()
     rows: list[dict[str, Any]] = []
     report = {"workloads": rows, "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
-              "rounds": sizes.rounds, "fuse_requests": requests}
+              "rounds": sizes.rounds, "fuse_requests": requests, "beside_a_scan": beside}
     for name, sides in results.items():
         raw, iron = statistics.median(sides["raw"]), statistics.median(sides["ironfs"])
         rows.append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
@@ -349,6 +404,8 @@ def table(report: dict[str, Any]) -> str:
         total = sum(ops.values())
         detail = ", ".join(f"{op} {n:.2f}" for op, n in ops.items())
         out.append(f"FUSE requests per {phase}: {total:.1f} ({detail})")
+    for name, value in report["beside_a_scan"].items():
+        out.append(f"{name}: {value:,.2f}")
     if not report["cold_cache"]:
         out.append("note: page cache not dropped (not root): 'seq read, cold' read a warm cache")
     out.append(f"medians of {report['rounds']} round(s), raw and ironfs alternating")

@@ -28,6 +28,8 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
         assert w["raw"] > 0 and w["ironfs"] > 0 and w["ratio"] > 0, w
     micro = report["micro"]
     assert len(micro) == 6 and all(v > 0 for v in micro.values())
+    beside = report["beside_a_scan"]
+    assert len(beside) == 4 and beside["requests answered meanwhile"] > 2
     requests = report["fuse_requests"]  # per S3 request, by FUSE operation
     assert set(requests) == {"S3 PUT 4 KiB", "S3 GET 4 KiB", "S3 PUT 64 MiB", "S3 GET 64 MiB"}
     assert requests["S3 PUT 4 KiB"]["write"] == 1 and requests["S3 GET 4 KiB"]["read"] >= 1
