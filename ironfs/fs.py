@@ -23,8 +23,7 @@ import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pyfuse3
 import trio
@@ -84,23 +83,23 @@ class IronFS(pyfuse3.Operations):
         """Bytes still charged for files unlinked while open, per bucket id."""
         return pending_bytes(self.handles)
 
-    @contextmanager
-    def fuse_errors(self) -> Iterator[None]:
+    def fuse_error(self, e: Exception) -> Exception:
         """Only FUSEError leaves a handler: OS errors keep their errno, a quota
-        refusal is ENOSPC (or EDQUOT)."""
-        try:
-            yield
-        except OSError as e:
-            raise FUSEError(e.errno or errno.EIO) from None
-        except ControlError as e:
+        refusal is ENOSPC (or EDQUOT); anything else is a bug (returned as is)."""
+        if isinstance(e, FUSEError):
+            return e
+        if isinstance(e, OSError):
+            return FUSEError(e.errno or errno.EIO)
+        if isinstance(e, ControlError):
             log.debug("refused: %s", e)
-            raise FUSEError(e.errno) from None
-        except QuotaExceeded as e:
+            return FUSEError(e.errno)
+        if isinstance(e, QuotaExceeded):
             self.rejections += 1
             self.counting.rejected(e.bucket)
             self.ledger.refusals.refused(e)
             log.debug("refused: %s", e)
-            raise FUSEError(self.quota_errno) from None
+            return FUSEError(self.quota_errno)
+        return e
 
     def _entry(self, node: Node, st: os.stat_result) -> EntryAttributes:
         return replies.entry(self.cfg, node, st)

@@ -1,12 +1,12 @@
 """How a FUSE handler is wrapped: its request counted, and only FUSEError let
-out (the adapter's ``fuse_errors`` maps OS errors and quota refusals)."""
+out (the adapter's ``fuse_error`` maps OS errors and quota refusals; anything
+else is a bug and propagates)."""
 
 from __future__ import annotations
 
 import functools
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from contextlib import AbstractContextManager
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
@@ -16,7 +16,9 @@ R = TypeVar("R")
 class Adapter(Protocol):
     requests: Counter[str]  # FUSE requests by operation (metrics)
 
-    def fuse_errors(self) -> AbstractContextManager[None]: ...
+    def fuse_error(self, e: Exception) -> Exception:
+        """The FUSEError for *e*, or *e* itself if it is a bug (not mapped)."""
+        ...
 
 
 A = TypeVar("A", bound=Adapter)
@@ -28,8 +30,13 @@ def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], C
 
     async def wrapper(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
         self.requests[op] += 1
-        with self.fuse_errors():
+        try:  # (no context manager: this runs for every request)
             return fn(self, *args, **kwargs)
+        except Exception as e:
+            mapped = self.fuse_error(e)
+            if mapped is e:
+                raise
+            raise mapped from None
     functools.update_wrapper(wrapper, fn)
     return wrapper
 
@@ -42,7 +49,12 @@ def async_handler(fn: Callable[Concatenate[A, P], Coroutine[Any, Any, R]]
 
     async def wrapper(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
         self.requests[op] += 1
-        with self.fuse_errors():
+        try:
             return await fn(self, *args, **kwargs)
+        except Exception as e:
+            mapped = self.fuse_error(e)
+            if mapped is e:
+                raise
+            raise mapped from None
     functools.update_wrapper(wrapper, fn)
     return wrapper
