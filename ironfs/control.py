@@ -78,7 +78,8 @@ class Control:
         self.ledger = ledger
         self.book = book
         self.pending = pending  # bytes of unlinked-but-open files, per bucket id
-        self.last_reconcile: dict[str, Any] | None = None
+        self.last_reconcile: dict[str, Any] | None = None  # the report, or a running state
+        self.last_finished: dict[str, Any] | None = None  # the last complete report
         self.show_progress = False  # the offline command shows one; the daemon logs
         # The daemon's reconcile, which scans beside the requests: (bucket names
         # or None for all, fix); None offline.
@@ -264,6 +265,8 @@ class Control:
     def finished(self, report: dict[str, Any]) -> None:
         """A reconcile's report: kept for the attribute and the metrics, drift logged."""
         self.last_reconcile = report
+        if report["state"] == "done":
+            self.last_finished = report
         if report["state"] != "done":
             log.error("reconcile failed: %s", report.get("error"))
             return

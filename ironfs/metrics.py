@@ -120,7 +120,7 @@ class LedgerCollector(Collector):
                                 value=self.store.last_flush_seconds)
         yield GaugeMetricFamily("ironfs_last_flush_timestamp_seconds", "When the last flush ended",
                                 value=self.store.last_flush_at)
-        report = self.control.last_reconcile
+        report = self.control.last_finished  # (not one still running)
         if report is not None:
             drift_b = GaugeMetricFamily("ironfs_reconcile_drift_bytes", "Drift found by the last reconcile",
                                         labels=["bucket"])
@@ -156,6 +156,8 @@ class Metrics:
             os.chmod(self.path, 0o644)  # the daemon runs with umask 0
         except OSError as e:
             log.warning("could not write metrics to %s: %s", self.path, e.strerror)
+        except Exception:  # a bug in a metric must not take the mount down
+            log.exception("could not write metrics to %s", self.path)
 
     def close(self) -> None:
         if self.server is not None:

@@ -166,3 +166,26 @@ def test_journald_lines_carry_priorities() -> None:
     assert fmt.format(record) == "<4>ironfs.fs: over quota"
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "a\nb", (), None)
     assert fmt.format(record) == "<3>x: a\n<3>b"
+
+
+def test_metrics_while_a_reconcile_runs_and_after_it(tmp_path: Path) -> None:
+    from ironfs.config import build_config
+    from ironfs.control import Control
+    from ironfs.ledger import Ledger, Limits
+    from ironfs.metrics import LedgerCollector
+    from ironfs.stats import StatsBook
+    from ironfs.store import StateStore
+
+    cfg = build_config(str(tmp_path), str(tmp_path / "m"), [], {})
+    ledger, book = Ledger(), StatsBook()
+    ledger.add(b"b", Limits())
+    control = Control(cfg, ledger, book, dict)
+    collector = LedgerCollector(ledger, StateStore(cfg.backing, ledger, book), control)
+    control.last_reconcile = {"state": "running", "started": 1.0}  # what the daemon shows meanwhile
+    names = {family.name for family in collector.collect()}
+    assert "ironfs_reconcile_drift_bytes" not in names
+    control.finished({"state": "done", "buckets": [{"bucket": "b", "drift_bytes": 5, "drift_objects": 1}],
+                      "accounts": [], "drift": True, "fixed": False, "seconds": 0.1, "at": 2.0})
+    control.last_reconcile = {"state": "running", "started": 3.0}  # the next one: the last report stays
+    drift = [f for f in collector.collect() if f.name == "ironfs_reconcile_drift_bytes"]
+    assert [s.value for s in drift[0].samples] == [5]
