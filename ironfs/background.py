@@ -110,7 +110,11 @@ class Background:
             suspects = 0
             for bucket in list(self.ledger):
                 path = os.path.join(self.cfg.backing, bucket.name)
-                found = await trio.to_thread.run_sync(changed_between, path, stopped, started)
+                try:
+                    found = await trio.to_thread.run_sync(changed_between, path, stopped, started)
+                except OSError as e:  # unreadable: say so, never take the mount down
+                    log.warning("start check of bucket %s failed: %s", bucket.display_name, e)
+                    continue
                 if found is not None and self.ledger.get(bucket.name) is bucket:
                     suspects += 1
                     log.warning("bucket %s was changed while ironfs was stopped (%s); rescanning it",
