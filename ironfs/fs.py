@@ -444,11 +444,11 @@ class IronFS(pyfuse3.Operations):
             return os.pwrite(fd, buf, off)
         handle.wrote = True
         self.counting.written(node)
-        self.counting.bytes_written(bucket, len(buf))
         size = node.size
         if size is None:
             size = node.size = os.fstat(fd).st_size
         n = self.accounting.write(node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
+        self.counting.bytes_written(bucket, n)  # what landed (a refused write raised above)
         if node.size is not None and node.size != size:
             self.scans.resized(node, size, node.size)
         return n

@@ -105,3 +105,19 @@ def test_stats_command_online(mount: Mount, bucket: str, bpath: Path) -> None:
     assert orjson.loads(old.stdout)["put_count"] == 0
     assert run_stats(str(bpath), "--month", "2001-13").returncode == 2
     assert run_stats(str(bpath / "nope")).returncode == 1
+
+
+def test_bytes_written_counts_only_what_landed(mount: Mount, bucket: str, bpath: Path) -> None:
+    before = counters(mount, bucket)
+    refused = 0
+    with open(bpath / "big", "wb", buffering=0) as f:
+        for _ in range(32):  # 2 MiB in 64 KiB writes into a 1 MiB bucket
+            try:
+                f.write(b"w" * 65536)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                refused += 1
+    after = counters(mount, bucket)
+    assert refused == 16
+    assert after["bytes_written"] - before["bytes_written"] == (bpath / "big").stat().st_size == 1 << 20
+    assert after["quota_rejections"] - before["quota_rejections"] == 16
