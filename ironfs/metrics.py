@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sized
+from http.server import ThreadingHTTPServer
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .control import Control
+from .http_api import Api, serve
 from .ledger import Bucket, Ledger, Meter
 from .state import name_to_json
 from .stats import COUNTERS
@@ -136,16 +138,16 @@ class LedgerCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, collector: LedgerCollector, address: str | None, path: str | None) -> None:
+    def __init__(self, collector: LedgerCollector, address: str | None, path: str | None,
+                 api: Api | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.path = path
-        self.server = None
+        self.server: ThreadingHTTPServer | None = None
         if address is not None:
-            host, _, port = address.rpartition(":")
-            self.server, _thread = start_http_server(int(port), addr=host or "127.0.0.1",
-                                                     registry=self.registry)
-            log.info("metrics at http://%s/metrics", address)
+            self.server = serve(address, self.registry,
+                                api or Api(collector.store.root, collector.ledger, collector.store.book))
+            log.info("metrics at http://%s/metrics, buckets at http://%s/buckets/", address, address)
 
     def write_file(self) -> None:
         """Write the textfile (any thread); a failure is logged, never raised."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -10,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,38 @@ def test_metrics_while_a_reconcile_runs_and_after_it(tmp_path: Path) -> None:
     control.last_reconcile = {"state": "running", "started": 3.0}  # the next one: the last report stays
     drift = [f for f in collector.collect() if f.name == "ironfs_reconcile_drift_bytes"]
     assert [s.value for s in drift[0].samples] == [5]
+
+
+def test_bucket_endpoints_on_the_metrics_listener(tmp_path: Path) -> None:
+    port = free_port()
+    m = start_mount(tmp_path / "backing", tmp_path / "s3", options=[f"metrics=127.0.0.1:{port}"])
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, method: str = "GET") -> tuple[int, dict]:
+        request = urllib.request.Request(base + path, method=method, data=b"x" if method != "GET" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        (m.mnt / "photos").mkdir()
+        (m.mnt / "photos" / "a.jpg").write_bytes(b"j" * 1234)
+        os.setxattr(m.mnt / "photos", "user.ironfs.max_bytes", b"10000")
+        code, quota = get("/buckets/photos/quota")
+        assert code == 200
+        assert (quota["current_usage_bytes"], quota["object_count"]) == (1234, 1)
+        assert quota["max_size_bytes"] == 10000
+        assert set(quota) >= {"max_size_bytes", "current_usage_bytes", "object_count", "last_updated"}
+        code, stats = get("/buckets/photos/stats")
+        assert code == 200 and stats["put_count"] == 1 and stats["bytes_written"] == 1234
+        assert get(f"/buckets/photos/stats?month={stats['month']}")[1]["put_count"] == 1
+        assert get("/buckets/photos/stats?month=1999-01")[0] == 404
+        assert get("/buckets/photos/stats?month=garbage")[0] == 404
+        assert get("/buckets/nothing/quota")[0] == 404
+        assert get("/buckets/photos/quota", method="POST")[0] == 405
+        assert get("/buckets/photos/quota", method="PUT")[0] == 405
+        assert "ironfs_bucket_used_bytes" in urllib.request.urlopen(base + "/metrics").read().decode()
+    finally:
+        m.stop()
