@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -24,6 +24,13 @@ class Adapter(Protocol):
 A = TypeVar("A", bound=Adapter)
 
 
+def _reraise(adapter: Adapter, e: Exception) -> NoReturn:
+    mapped = adapter.fuse_error(e)
+    if mapped is e:
+        raise e  # a bug: let it stop the daemon (the mount stays dead, never writable)
+    raise mapped from None
+
+
 def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], Coroutine[Any, Any, R]]:
     """Wrap a synchronous handler body (no await: see fs.py's concurrency contract)."""
     op = fn.__name__
@@ -33,10 +40,7 @@ def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], C
         try:  # (no context manager: this runs for every request)
             return fn(self, *args, **kwargs)
         except Exception as e:
-            mapped = self.fuse_error(e)
-            if mapped is e:
-                raise
-            raise mapped from None
+            _reraise(self, e)
     functools.update_wrapper(wrapper, fn)
     return wrapper
 
@@ -52,9 +56,6 @@ def async_handler(fn: Callable[Concatenate[A, P], Coroutine[Any, Any, R]]
         try:
             return await fn(self, *args, **kwargs)
         except Exception as e:
-            mapped = self.fuse_error(e)
-            if mapped is e:
-                raise
-            raise mapped from None
+            _reraise(self, e)
     functools.update_wrapper(wrapper, fn)
     return wrapper
