@@ -46,6 +46,9 @@ class Counting:
         self.profile = objects.profile
         self.clock = clock
         self.heads: dict[Node, float] = {}  # objects looked up, not yet opened
+        # Objects unlinked within overwrite_window, not yet counted as DELETE:
+        # (directory key, name) -> (when, bucket).
+        self.unlinked: dict[tuple[tuple[int, int], bytes], tuple[float, Bucket]] = {}
 
     # -- what the adapter reports ------------------------------------------------
     def looked_at(self, node: Node) -> None:
@@ -89,10 +92,11 @@ class Counting:
             node.fresh = False
             self._add(node, PUT)
 
-    def published(self, parent: Node, node: Node | None, components: list[bytes]) -> None:
-        """A staging file (at *components* inside its bucket) was renamed onto a
-        visible name in *parent*: one upload completed, multipart if the profile
-        says so."""
+    def published(self, parent: Node, name: bytes, node: Node | None, components: list[bytes]) -> None:
+        """A staging file (at *components* inside its bucket) was renamed onto
+        the visible name *parent*/*name*: one upload completed, multipart if the
+        profile says so (and the unlink of the object it replaces was no DELETE)."""
+        self.unlinked.pop((parent.key, name), None)
         self._add(parent, MULTIPART if self.profile.is_multipart(components) else PUT)
         if node is not None:
             node.fresh = False
@@ -103,7 +107,13 @@ class Counting:
         """The name *parent*/*name* (a file of *mode*) was unlinked: a DELETE if
         it was an object."""
         if stat.S_ISREG(mode) and self.objects.is_object(parent, name):
-            self._add(parent, DELETE)
+            bucket = parent.load_bucket()
+            if bucket is None:
+                return
+            if self.profile.overwrite_window:  # counted unless an upload takes its place
+                self.unlinked[(parent.key, name)] = (self.clock(), bucket)
+            else:
+                self.book.add(bucket, DELETE)
 
     def listed(self, directory: Node) -> None:
         """A directory inside a bucket was opened for reading."""
@@ -129,8 +139,14 @@ class Counting:
 
     # -- the flusher's tick -------------------------------------------------------
     def commit_heads(self, everything: bool = False) -> None:
-        """Count the lookups that no open followed within HEAD_WAIT."""
+        """Count the lookups that no open followed within HEAD_WAIT, and the
+        unlinks that no upload replaced within the profile's overwrite window."""
         now = self.clock()
+        window = self.profile.overwrite_window
+        for key, (at, owner) in list(self.unlinked.items()):
+            if everything or now - at >= window:
+                del self.unlinked[key]
+                self.book.add(owner.load_live(), DELETE)  # (reloaded if evicted meanwhile)
         for node, at in list(self.heads.items()):
             if everything or now - at >= HEAD_WAIT:
                 del self.heads[node]

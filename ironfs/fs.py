@@ -323,7 +323,7 @@ class IronFS(pyfuse3.Operations):
             renameat2(old_path, new_path, flags)
         self.scans.renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if published:
-            self.counting.published(new_parent, self.inodes.by_key((src.st_dev, src.st_ino)),
+            self.counting.published(new_parent, new_name, self.inodes.by_key((src.st_dev, src.st_ino)),
                                     staged_at)
         replaced = self.tree.renamed(old_parent, old_name, src, new_parent, new_name, dst, exchange)
         if replaced is not None:

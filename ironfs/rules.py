@@ -61,6 +61,11 @@ class Profile:
     #: read-only open this many seconds after the last read handle closed is the
     #: same GET.  0: every read-only open is a GET.
     reread_window: float = 0.0
+    #: The server replaces an object by unlinking it just before it renames the
+    #: new upload onto its name: an unlink followed, within this many seconds,
+    #: by a publication onto the same name is an overwrite, not a DELETE.
+    #: 0: every unlink of an object is a DELETE.
+    overwrite_window: float = 0.0
 
     def is_object_name(self, name: bytes) -> bool:
         """Whether a regular file called *name*, in a visible directory, is an object."""
@@ -86,7 +91,7 @@ PROFILES: dict[str, Profile] = {
     # rclone's temp files (.rclone_temp_put_*, .rclone_temp_multipart_*) are dot
     # files already, so the generic rule covers them.
     "rclone": Profile("rclone", multipart_prefixes=(b".rclone_temp_multipart_",),
-                      reread_window=1.0),
+                      reread_window=1.0, overwrite_window=0.25),
     # IronBucket keeps <key>.metadata sidecars; .multipart/ and .versions/ are
     # dot directories, hidden by the generic rule.
     "ironbucket": Profile("ironbucket", sidecar_suffixes=(b".metadata",),

@@ -115,15 +115,15 @@ def test_publishing_a_staging_file_is_one_put_and_its_close_none() -> None:
     c = Counted()
     node = c.obj(b"upload", c.world.stage)
     c.counting.written(node)
-    c.counting.published(c.world.d1, node, [b".stage", b"upload"])
+    c.counting.published(c.world.d1, b"k", node, [b".stage", b"upload"])
     c.counting.closed(node, wrote=True, reading=Reading.NOT_READING)
     assert c.counts() == {"put_count": 1}
 
 
 def test_rclone_multipart_publication_counts_as_multipart() -> None:
     c = Counted("rclone")
-    c.counting.published(c.world.d1, None, [b".rclone_temp_multipart_abc"])
-    c.counting.published(c.world.d1, None, [b".rclone_temp_put_abc"])
+    c.counting.published(c.world.d1, b"m", None, [b".rclone_temp_multipart_abc"])
+    c.counting.published(c.world.d1, b"p", None, [b".rclone_temp_put_abc"])
     assert c.counts() == {"multipart_count": 1, "put_count": 1}
 
 
@@ -179,3 +179,24 @@ def test_a_forgotten_lookup_is_no_head() -> None:
     c.counting.forgotten(node)  # unlinked before HEAD_WAIT: the server's own check
     c.counting.commit_heads(everything=True)
     assert c.counts() == {}
+
+
+def test_rclone_overwrite_unlinks_then_publishes_and_is_no_delete() -> None:
+    c = Counted("rclone")
+    mode = reg().st_mode
+    c.counting.deleted(c.world.d1, b"k", mode)  # rclone removes the old object ...
+    c.counting.published(c.world.d1, b"k", None, [b".rclone_temp_put_1"])  # ... then renames onto it
+    c.counting.deleted(c.world.d1, b"gone", mode)  # a real DeleteObject
+    c.clock.advance(0.1)
+    c.counting.commit_heads()
+    assert c.counts() == {"put_count": 1}  # the real delete is still within the window
+    c.clock.advance(0.2)
+    c.counting.commit_heads()
+    assert c.counts() == {"put_count": 1, "delete_count": 1}
+
+
+def test_unlinks_pending_at_a_stop_are_counted() -> None:
+    c = Counted("rclone")
+    c.counting.deleted(c.world.d1, b"k", reg().st_mode)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"delete_count": 1}

@@ -148,3 +148,20 @@ def test_deleted_bucket_is_archived_and_stays_deleted(stack: tuple[Mount, Rclone
     assert not (m.backing / "doomed").exists()
     with pytest.raises(ClientError):
         s3.head_bucket(Bucket="doomed")
+
+
+def test_an_overwrite_is_one_put_and_no_delete(stack: tuple[Mount, RcloneS3]) -> None:
+    m, server = stack
+    s3 = server.client()
+    s3.create_bucket(Bucket="overwritten")
+    s3.put_object(Bucket="overwritten", Key="k", Body=b"1" * 100)
+    settle()
+    before = stats(m, "overwritten")
+    for body in (b"2" * 200, b"3" * 300):  # rclone unlinks the old object, then renames onto it
+        s3.put_object(Bucket="overwritten", Key="k", Body=body)
+    s3.delete_object(Bucket="overwritten", Key="k")
+    settle()
+    after = stats(m, "overwritten")
+    assert after["put_count"] - before["put_count"] == 2
+    assert after["delete_count"] - before["delete_count"] == 1  # the DeleteObject only
+    assert ledger(m.mnt, "overwritten") == scan(m.backing, "overwritten", "rclone") == (0, 0)
