@@ -109,21 +109,25 @@ class Accounting:
             return []
         return [(bucket, new_size - old_size, 0)]
 
-    def write(self, node: Node, size: int, off: int, length: int,
+    def write(self, bucket: Bucket, node: Node, size: int, off: int, length: int,
               pwrite: Callable[[], int]) -> int:
-        """A write of *length* bytes at *off* into *node*, a file of *size*
-        bytes: growth past EOF is reserved, the rest of a short write given back.
-        Keeps ``node.size`` (the open file's apparent size) up to date."""
-        bucket = node.load_bucket()
+        """A write of *length* bytes at *off* into *node* (of *bucket*), a file
+        of *size* bytes: growth past EOF is reserved, the rest of a short write
+        given back.  Keeps ``node.size`` (the open file's apparent size) up to
+        date.  (``reserve`` spelled out: this runs for every WRITE.)"""
         end = off + length
-        if bucket is None or end <= size:
+        if end <= size:
             return pwrite()
         node.size = end
+        charged = False
         try:
-            with self.reserve([(bucket, end - size, 0)]):
-                n = pwrite()
+            self.ledger.charge(bucket, end - size)  # may refuse: QuotaExceeded
+            charged = True
+            n = pwrite()
         except BaseException:
             node.size = size
+            if charged:
+                self.ledger.refund(bucket, end - size)
             raise
         if n < length:  # short write: what did not land is not charged
             landed = max(size, off + n)

@@ -58,9 +58,13 @@ class Background:
         before the final flush writes their .quota."""
         for bucket in list(self.ledger):
             if self.ledger.is_scanning(bucket):
-                usage = scan_tree(os.path.join(self.cfg.backing, bucket.name), self.cfg.profile)
-                pending = self.pending().get(id(bucket), 0)
-                self.ledger.end_scan(bucket, usage.used_bytes + pending, usage.objects)
+                self.ledger.end_scan(bucket, *self._scan_now(bucket))
+
+    def _scan_now(self, bucket: Bucket) -> tuple[int, int]:
+        """(bytes, objects) of *bucket* by a scan in place, with the bytes of
+        files unlinked while open (for when nothing changes the tree)."""
+        usage = scan_tree(os.path.join(self.cfg.backing, bucket.name), self.cfg.profile)
+        return usage.used_bytes + self.pending().get(id(bucket), 0), usage.objects
 
     def scan_bucket(self, bucket: Bucket) -> None:
         """Count *bucket*'s usage with a scan beside the requests (adopted, or
@@ -68,9 +72,7 @@ class Background:
         limit is refused rather than risk overshooting."""
         path = os.path.join(self.cfg.backing, bucket.name)
         if self.nursery is None:  # not serving (yet, or any more): nothing runs beside
-            usage = scan_tree(path, self.cfg.profile)
-            pending = self.pending().get(id(bucket), 0)
-            self.ledger.set_usage(bucket, usage.used_bytes + pending, usage.objects)
+            self.ledger.set_usage(bucket, *self._scan_now(bucket))
             return
         self.ledger.begin_scan(bucket)
         running = self.scans.start(path)  # requests are accounted to it from now on

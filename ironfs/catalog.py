@@ -8,7 +8,6 @@ requests that change the set of buckets."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import functools
 import logging
@@ -233,18 +232,8 @@ def load_buckets(cfg: Config, ledger: Ledger, book: StatsBook, *, trust_usage: b
     for bucket in ledger:
         attach_stats(cfg.backing, book, bucket)
     total = sum(b.used_bytes for b in ledger)
-    release_free_memory()
     log.info("%d bucket(s) ready (%d scanned, %d bytes in all) in %.2fs",
              len(ledger), len(to_scan), total, time.monotonic() - started)
-
-
-def release_free_memory() -> None:
-    """Hand what a load of many buckets freed (parsed state files, scan
-    results) back to the system: glibc keeps freed heap otherwise."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def _remove_unfinished(root: bytes, directory: bytes, names: list[bytes] | None = None) -> None:

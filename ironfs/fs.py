@@ -447,7 +447,7 @@ class IronFS(pyfuse3.Operations):
         size = node.size
         if size is None:
             size = node.size = os.fstat(fd).st_size
-        n = self.accounting.write(node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
+        n = self.accounting.write(bucket, node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
         self.counting.bytes_written(bucket, n)  # what landed (a refused write raised above)
         if node.size is not None and node.size != size:
             self.scans.resized(node, size, node.size)

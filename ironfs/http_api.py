@@ -26,7 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .ledger import Ledger
 from .rules import QUOTA_FILE
-from .state import CorruptState, json_object, load_stats, quota_json, stats_json, utc_now
+from .state import CorruptState, iso, load_stats, quota_json, utc_now
 from .stats import COUNTERS, MONTH_PATTERN, StatsBook
 
 log = logging.getLogger(__name__)
@@ -40,19 +40,21 @@ class Api:
         self.ledger = ledger
         self.book = book
 
-    def quota(self, name: bytes) -> dict[str, Any] | None:
+    def quota(self, name: bytes) -> bytes | None:
+        """The JSON of *name*'s ``.quota``, as it would be written now."""
         bucket = self.ledger.get(name)
         if bucket is not None:
-            return json_object(quota_json(bucket, utc_now()))
+            return quota_json(bucket, utc_now())
         if name not in self.ledger.evicted:
             return None
         try:  # evicted: its .quota was exact when it was written
             with open(os.path.join(self.root, name, QUOTA_FILE), "rb") as f:
-                return json_object(f.read())
-        except (OSError, CorruptState):
+                return f.read()
+        except OSError:
             return None
 
-    def stats(self, name: bytes, month: str | None) -> dict[str, Any] | None:
+    def stats(self, name: bytes, month: str | None) -> bytes | None:
+        """The JSON of a month's counters (this month's by default)."""
         bucket = self.ledger.get(name)
         if bucket is None and name not in self.ledger.evicted:
             return None
@@ -71,8 +73,8 @@ class Api:
             if loaded is None and month != now:
                 return None
             values = loaded or [0] * len(COUNTERS)
-        return {"month": month, **json_object(stats_json(dict(zip(COUNTERS, values, strict=True)),
-                                                         utc_now()))}
+        return orjson.dumps({"month": month, **dict(zip(COUNTERS, values, strict=True)),
+                             "last_updated": iso(utc_now())}, option=orjson.OPT_INDENT_2) + b"\n"
 
 
 def serve(address: str, registry: CollectorRegistry, api: Api) -> ThreadingHTTPServer:
@@ -107,8 +109,7 @@ def serve(address: str, registry: CollectorRegistry, api: Api) -> ThreadingHTTPS
             if doc is None:
                 self._send(404, b'{"error": "not found"}\n', "application/json", head)
             else:
-                self._send(200, orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n",
-                           "application/json", head)
+                self._send(200, doc, "application/json", head)
 
         def _send(self, code: int, body: bytes, content_type: str, head: bool) -> None:
             self.send_response(code)

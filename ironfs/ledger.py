@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .stats import MonthCounters
 
-from .limitlog import RefusalLog, hard_crossing, soft_crossing
+from .limitlog import AT_HARD, OVER_SOFT, RefusalLog, hard_crossing, soft_crossing
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-OVER_SOFT, AT_HARD = 1, 2  # Meter.alerts
 DEFAULT_BUCKET_MAX_BYTES = 5 * GiB
 DEFAULT_ACCOUNT_MAX_BYTES = 10 * GiB
 #: The soft limit, unless set, is this fraction of ``max_bytes``.
@@ -98,18 +97,6 @@ class Meter:
     @property
     def over_soft(self) -> bool:
         return bool(self.alerts & OVER_SOFT)
-
-    @over_soft.setter
-    def over_soft(self, value: bool) -> None:
-        self.alerts = self.alerts | OVER_SOFT if value else self.alerts & ~OVER_SOFT
-
-    @property
-    def at_hard(self) -> bool:
-        return bool(self.alerts & AT_HARD)
-
-    @at_hard.setter
-    def at_hard(self, value: bool) -> None:
-        self.alerts = self.alerts | AT_HARD if value else self.alerts & ~AT_HARD
 
     @property
     def display_name(self) -> str:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ironfs.ledger")
 
+#: Meter.alerts: what the log has said a meter is over (one int, for memory).
+OVER_SOFT, AT_HARD = 1, 2
+
 #: Back under a limit only below this fraction of it.
 HYSTERESIS = 0.95
 #: Refusals are summed up and logged at most this often, per bucket.
@@ -34,12 +37,12 @@ def soft_crossing(meter: Meter) -> None:
     soft = meter.soft_limit
     if soft is None:
         return
-    if not meter.over_soft and meter.used_bytes > soft:
-        meter.over_soft = True
+    if not meter.alerts & OVER_SOFT and meter.used_bytes > soft:
+        meter.alerts |= OVER_SOFT
         log.warning("%s %s is over its soft limit: %d of %d bytes",
                     meter.kind, meter.display_name, meter.used_bytes, soft)
-    elif meter.over_soft and below(meter.used_bytes, soft):
-        meter.over_soft = False
+    elif meter.alerts & OVER_SOFT and below(meter.used_bytes, soft):
+        meter.alerts &= ~OVER_SOFT
         log.info("%s %s is back under its soft limit", meter.kind, meter.display_name)
 
 
@@ -48,13 +51,13 @@ def hard_crossing(meter: Meter) -> None:
     hard, max_objects = meter.hard_bytes, meter.limits.max_objects
     full_bytes = hard is not None and meter.used_bytes >= hard
     full_objects = max_objects is not None and meter.objects >= max_objects
-    if not meter.at_hard and (full_bytes or full_objects):
-        meter.at_hard = True
+    if not meter.alerts & AT_HARD and (full_bytes or full_objects):
+        meter.alerts |= AT_HARD
         log.warning("%s %s reached its hard limit (%s): growth is refused",
                     meter.kind, meter.display_name, "bytes" if full_bytes else "objects")
-    elif meter.at_hard and (hard is None or below(meter.used_bytes, hard)) and (
+    elif meter.alerts & AT_HARD and (hard is None or below(meter.used_bytes, hard)) and (
             max_objects is None or below(meter.objects, max_objects)):
-        meter.at_hard = False
+        meter.alerts &= ~AT_HARD
         log.info("%s %s is below its hard limit again", meter.kind, meter.display_name)
 
 
@@ -70,7 +73,7 @@ class RefusalLog:
         self._why: dict[str, str] = {}  # the limit that refused the last one
 
     def refused(self, e: QuotaExceeded) -> None:
-        if not e.meter.at_hard:
+        if not e.meter.alerts & AT_HARD:
             hard_crossing(e.meter)  # (not if only a too large request was refused)
         name = e.bucket.display_name
         self._counts[name] = self._counts.get(name, 0) + 1

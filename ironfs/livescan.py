@@ -111,7 +111,6 @@ class LiveScan:
         self._recent_names: set[tuple[Key, bytes]] = set()
         self._recent_inodes: set[Key] = set()
         self._current: tuple[int, bytes, Key, bool, bool, _Listing] | None = None
-        self.files = 0
 
     # -- the worker thread: I/O only ----------------------------------------------------
     def read_chunk(self) -> Chunk | None:
@@ -170,7 +169,6 @@ class LiveScan:
                     self.queue.append((chunk.rel + b"/" + name if chunk.rel else name,
                                        chunk.hidden or hides(name), False))
                 elif stat.S_ISREG(st.st_mode):
-                    self.files += 1
                     self._meet(chunk.key, name, st, not chunk.hidden and self.profile.is_object_name(name))
         finally:
             if chunk.last:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -126,7 +127,7 @@ class Scans:
 
     def named(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         """*parent*/*name* now names the file *st* (after create, link, rename)."""
-        if self.active and _is_file(st):
+        if self.active and stat.S_ISREG(st.st_mode):
             for scan, _, hidden in self._covering(parent):
                 visible = not hidden and self.profile.is_object_name(name)
                 scan.named(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
@@ -139,7 +140,7 @@ class Scans:
 
     def unnamed(self, parent: Node, name: bytes, st: os.stat_result) -> None:
         """*parent*/*name*, found as *st* just before, is gone."""
-        if self.active and _is_file(st):
+        if self.active and stat.S_ISREG(st.st_mode):
             for scan, _, hidden in self._covering(parent):
                 visible = not hidden and self.profile.is_object_name(name)
                 scan.unnamed(parent.key, name, (st.st_dev, st.st_ino), st.st_size, st.st_nlink, visible)
@@ -156,10 +157,10 @@ class Scans:
         elif dst is not None:
             self.unnamed(new_parent, new_name, dst)  # replaced
         for from_parent, from_name, st, to_parent, to_name in moves:
-            if _is_file(st):
+            if stat.S_ISREG(st.st_mode):
                 self.unnamed(from_parent, from_name, st)
                 self.named(to_parent, to_name, st)
-            elif (st.st_mode & 0o170000) == 0o040000:
+            elif stat.S_ISDIR(st.st_mode):
                 self.dir_moved(from_parent, from_name, to_parent, to_name)
 
     def dir_moved(self, old_parent: Node, old_name: bytes, new_parent: Node, new_name: bytes) -> None:
@@ -177,10 +178,6 @@ class Scans:
         for running in self.active:
             if id(running.scan) in was_hidden:
                 running.scan.restart = True  # what it counted below it left its tree
-
-def _is_file(st: os.stat_result) -> bool:
-    return (st.st_mode & 0o170000) == 0o100000
-
 
 def _below(top: Node, parent: Node, name: bytes) -> bytes:
     """The path of *parent*/*name* below *top* (an ancestor of *parent*)."""

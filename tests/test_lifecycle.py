@@ -152,16 +152,23 @@ def test_limits_survive_a_rescan(tmp_path: Path) -> None:
         m.stop()
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "missing", "crash"])
-def test_an_administrators_limit_survives_the_loss_of_quota(tmp_path: Path, damage: str) -> None:
+def limits_set_then_stopped(tmp_path: Path, **limits: bytes) -> Path:
+    """A populated backing root whose bucket beta got *limits* through a mount,
+    then stopped cleanly; returns the backing root."""
     backing = tmp_path / "backing"
     populate(backing)
     m = start_mount(backing, tmp_path / "s3")
     try:
-        os.setxattr(m.mnt / "beta", "user.ironfs.max_bytes", b"8000")
-        os.setxattr(m.mnt / "beta", "user.ironfs.max_objects", b"5")
+        for field, value in limits.items():
+            os.setxattr(m.mnt / "beta", f"user.ironfs.{field}", value)
     finally:
         m.stop()
+    return backing
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "crash"])
+def test_an_administrators_limit_survives_the_loss_of_quota(tmp_path: Path, damage: str) -> None:
+    backing = limits_set_then_stopped(tmp_path, max_bytes=b"8000", max_objects=b"5")
     if damage == "missing":
         (backing / "beta" / ".quota").unlink()
     else:
@@ -181,13 +188,7 @@ def test_an_administrators_limit_survives_the_loss_of_quota(tmp_path: Path, dama
 
 
 def test_a_limit_that_cannot_be_recovered_is_an_error(tmp_path: Path) -> None:
-    backing = tmp_path / "backing"
-    populate(backing)
-    m = start_mount(backing, tmp_path / "s3")
-    try:
-        os.setxattr(m.mnt / "beta", "user.ironfs.max_bytes", b"8000")
-    finally:
-        m.stop()
+    backing = limits_set_then_stopped(tmp_path, max_bytes=b"8000")
     (backing / "beta" / ".quota").write_bytes(b"{torn")
     (backing / "beta" / ".ironfs-limits").write_bytes(b"")
     m = start_mount(backing, tmp_path / "s3", options=["bucket_quota_bytes=1GiB"])
