@@ -35,7 +35,7 @@ from .background import Background
 from .catalog import delete_bucket, made_bucket
 from .config import Config
 from .control import ADMIN_PREFIX, Control, ControlError
-from .counting import Counting
+from .counting import Counting, Reading
 from .handles import DirHandle, Handle, pending_bytes, recheck_set_ids, renameat2
 from .handling import async_handler, handler
 from .inodes import Node
@@ -71,7 +71,7 @@ class IronFS(pyfuse3.Operations):
         self.inodes = self.tree.inodes
         self.root = self.tree.root
         self.accounting = Accounting(ledger, cfg.profile, self.root)
-        self.counting = Counting(store.book, self.accounting)
+        self.counting = Counting(store.book, self.accounting, names_in=self.tree.object_names_in)
         self.scans = Scans(self.accounting)
         self._next_dir = 1
         self.rejections = 0
@@ -121,7 +121,7 @@ class IronFS(pyfuse3.Operations):
             return replies.negative(self.cfg)
         node = self.tree.remember(parent, name, st)
         if stat.S_ISREG(st.st_mode):
-            self.counting.looked_at(node)
+            self.counting.looked_at(node, lookup=True)
         return self._entry(node, st)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -134,7 +134,7 @@ class IronFS(pyfuse3.Operations):
         node = self.tree.node(ino)
         st = self.tree.lstat(node)
         if stat.S_ISREG(st.st_mode):
-            self.counting.looked_at(node)
+            self.counting.looked_at(node, lookup=False)
         return self._entry(node, st)
 
     @handler
@@ -249,7 +249,7 @@ class IronFS(pyfuse3.Operations):
         with self.accounting.reserve(self.accounting.removal(parent, name, st, node)):
             os.unlink(path)
         self.scans.unnamed(parent, name, st)
-        self.counting.deleted(parent, name, st.st_mode)
+        self.counting.deleted(parent, name, st.st_mode, node)
         self._forget_name(parent, name, st)
 
     @async_handler
@@ -347,7 +347,12 @@ class IronFS(pyfuse3.Operations):
         writable mmap on a direct-I/O handle fails with ENODEV here."""
         self.handles[handle.fd] = handle
         if (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC:
-            return FileInfo(fh=handle.fd)
+            if not handle.node.in_bucket:
+                return FileInfo(fh=handle.fd)
+            # Every read of an object reaches ironfs, page cache or not (bytes_read,
+            # and the read sizes that tell a server's hash read from a GET).
+            return FileInfo(fh=handle.fd, direct_io=self.accounting.profile.direct_reads,
+                            keep_cache=False)
         handle.opener = (ctx.pid, ctx.uid, ctx.gid)
         handle.check_sxid = bool(mode & SXID)
         return FileInfo(fh=handle.fd, direct_io=(flags & os.O_ACCMODE) == os.O_WRONLY)
@@ -427,8 +432,13 @@ class IronFS(pyfuse3.Operations):
                 data = os.pread(handle.fd, size, off)
         except OSError as e:
             raise FUSEError(e.errno or errno.EIO) from None
-        if handle.node.in_bucket:
-            self.counting.bytes_read(handle.node, len(data))
+        reading = handle.reading
+        if reading == Reading.PENDING:
+            reading = handle.reading = self.counting.first_read(handle.node, off, size)
+        if reading == Reading.COUNTED or reading == Reading.SAME_GET:
+            self.counting.bytes_read(handle.node, len(data), at_end=len(data) < size)
+        elif reading == Reading.HASH:
+            self.counting.hash_read(handle.node)
         return data
 
     @handler
@@ -448,7 +458,7 @@ class IronFS(pyfuse3.Operations):
         if size is None:
             size = node.size = os.fstat(fd).st_size
         n = self.accounting.write(bucket, node, size, off, len(buf), lambda: os.pwrite(fd, buf, off))
-        self.counting.bytes_written(bucket, n)  # what landed (a refused write raised above)
+        self.counting.bytes_written(node, n)  # what landed (a refused write raised above)
         if node.size is not None and node.size != size:
             self.scans.resized(node, size, node.size)
         return n
@@ -536,7 +546,7 @@ class IronFS(pyfuse3.Operations):
 
     @handler
     def releasedir(self, fh: int) -> None:
-        del self.dirs[fh]
+        self.counting.unlisted(self.dirs.pop(fh).node)
 
     @async_handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:

@@ -32,7 +32,7 @@ SYNTHETIC_INODES = 1 << 62
 class Node:
     __slots__ = (
         "ino", "generation", "key", "parent", "name", "extra_links", "lookups", "children",
-        "open", "_bucket", "size", "unlinked", "is_state", "fresh", "busy_at", "read_at",
+        "open", "_bucket", "size", "unlinked", "is_state", "fresh", "busy_at", "owed", "written",
     )
 
     def __init__(self, ino: int, key: tuple[int, int], parent: Node | None, name: bytes,
@@ -58,7 +58,8 @@ class Node:
         # was last opened, released or published; when a read handle closed.
         self.fresh = False
         self.busy_at = 0.0
-        self.read_at = 0.0
+        self.owed = 0  # the server's own stats still expected after its use (counting.py)
+        self.written = 0  # bytes written since the last PUT counted (counting.py)
 
     def load_bucket(self) -> Bucket | None:
         """The bucket charged for this entry.  Should that bucket have been

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from pyfuse3 import EntryAttributes, StatvfsData
 
@@ -23,6 +24,9 @@ def entry(cfg: Config, node: Node, st: os.stat_result) -> EntryAttributes:
     e.generation = node.generation
     e.entry_timeout = cfg.entry_timeout
     e.attr_timeout = cfg.attr_timeout
+    object_timeout = cfg.profile.object_timeout
+    if object_timeout is not None and node.in_bucket and stat.S_ISREG(st.st_mode):
+        e.entry_timeout = e.attr_timeout = object_timeout  # every stat of it reaches us
     for field in _STAT_FIELDS:
         setattr(e, field, getattr(st, field))
     return e

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Mapping
 
 from .catalog import ScanBeside, bucket_of_dir
@@ -18,6 +19,10 @@ from .ledger import Bucket, Ledger
 from .rules import is_bucket_name, is_bucket_state, is_root_state
 from .scanner import scan_tree
 from .stats import StatsBook
+
+#: A directory whose size (ext4: 4 KiB per block of entries) is above this is not
+#: read to tell a LIST from HEADs (about 1,000 names): its lookups count as HEADs.
+LIST_READ_LIMIT = 64 << 10
 
 
 class BackingTree:
@@ -192,6 +197,23 @@ class BackingTree:
             os.fchown(target, uid, gid)
         else:
             os.chown(target, uid, gid, follow_symlinks=False)
+
+    def object_names_in(self, directory: Node, age: float) -> frozenset[bytes] | None:
+        """Names of the objects directly in *directory* whose inode changed more
+        than *age* seconds ago (reads it, a stat each), or None when it is too
+        large to read on the request loop (LIST_READ_LIMIT bytes)."""
+        path = self.inodes.path(directory)
+        profile = self.cfg.profile
+        before = time.time() - age
+        try:
+            if path is None or not directory.in_bucket or os.lstat(path).st_size > LIST_READ_LIMIT:
+                return None
+            with os.scandir(path) as entries:
+                return frozenset(e.name for e in entries
+                                 if profile.is_object_name(e.name) and e.is_file(follow_symlinks=False)
+                                 and e.stat(follow_symlinks=False).st_ctime < before)
+        except OSError:  # gone meanwhile: nothing to compare with
+            return None
 
     def count_objects(self, parent: Node, name: bytes) -> int:
         """Objects below the directory *parent*/*name* (scans that subtree)."""

@@ -3,8 +3,9 @@ mount, no sleeping."""
 
 from __future__ import annotations
 
-from ironfs.counting import HEAD_WAIT, QUIET_AFTER_USE, Counting, Reading
+from ironfs.counting import HEAD_WAIT, Counting, Reading
 from ironfs.inodes import Node
+from ironfs.rules import PROFILES
 from ironfs.stats import StatsBook
 from tests.fakefs import World, directory, reg
 
@@ -27,7 +28,9 @@ class Counted:
         self.book = StatsBook(clock=lambda: 1_700_000_000.0)
         for bucket in (self.world.b1, self.world.b2):
             self.book.attach(bucket)
-        self.counting = Counting(self.book, self.world.acct, clock=self.clock)
+        self.names: frozenset[bytes] | None = None  # what the directory holds, if known
+        self.counting = Counting(self.book, self.world.acct, clock=self.clock,
+                                 names_in=lambda directory, age: self.names)
 
     def counts(self, bucket: bytes = b"b1") -> dict[str, int]:
         b = self.world.ledger.get(bucket)
@@ -38,19 +41,36 @@ class Counted:
         node, _ = self.world.file(parent or self.world.d1, name, 10)
         return node
 
-    def read_once(self, node: Node) -> None:
-        """open read-only, then close: what a GET does to the file."""
+    def read_once(self, node: Node, first: tuple[int, int] | None = None) -> None:
+        """open read-only, read (*first*: the first read's offset and size), close."""
+        reading = self.open_read(node, first)
+        self.close_read(node, reading)
+
+    def open_read(self, node: Node, first: tuple[int, int] | None = None) -> Reading:
         node.open += 1
         reading = self.counting.opened(node, reading=True)
+        if reading == Reading.PENDING and first is not None:
+            reading = self.counting.first_read(node, *first)
+        return reading
+
+    def close_read(self, node: Node, reading: Reading) -> None:
         node.open -= 1
         self.counting.closed(node, wrote=False, reading=reading)
+
+    def stat(self, *nodes: Node, step: float = 0.0001) -> None:
+        """What one stat(2) by the server is with object_timeout=0: a LOOKUP
+        then a GETATTR of the object."""
+        for node in nodes:
+            self.counting.looked_at(node, lookup=True)
+            self.counting.looked_at(node, lookup=False)
+            self.clock.advance(step)
 
 
 def test_a_lookup_with_no_open_after_it_is_one_head() -> None:
     c = Counted()
     node = c.obj()
-    c.counting.looked_at(node)
-    c.counting.looked_at(node)  # the kernel asks twice: still one HEAD
+    c.counting.looked_at(node, lookup=True)
+    c.counting.looked_at(node, lookup=False)  # the kernel asks twice: still one HEAD
     c.clock.advance(HEAD_WAIT - 0.01)
     c.counting.commit_heads()
     assert c.counts() == {}  # not yet: an open may still follow
@@ -62,7 +82,7 @@ def test_a_lookup_with_no_open_after_it_is_one_head() -> None:
 def test_a_lookup_followed_by_an_open_is_a_get_not_a_head() -> None:
     c = Counted()
     node = c.obj()
-    c.counting.looked_at(node)
+    c.counting.looked_at(node, lookup=True)
     c.read_once(node)
     c.clock.advance(HEAD_WAIT * 2)
     c.counting.commit_heads()
@@ -73,12 +93,12 @@ def test_lookups_right_after_use_are_the_servers_own_checks() -> None:
     c = Counted()
     node = c.obj()
     c.read_once(node)
-    c.clock.advance(QUIET_AFTER_USE - 0.1)
-    c.counting.looked_at(node)
+    c.clock.advance(PROFILES["generic"].quiet_after_use - 0.1)
+    c.counting.looked_at(node, lookup=True)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"get_count": 1}
     c.clock.advance(0.2)
-    c.counting.looked_at(node)
+    c.counting.looked_at(node, lookup=True)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"get_count": 1, "head_count": 1}
 
@@ -86,7 +106,7 @@ def test_lookups_right_after_use_are_the_servers_own_checks() -> None:
 def test_hidden_files_and_unbucketed_files_count_nothing() -> None:
     c = Counted()
     for node in (c.obj(b".tmp"), c.obj(b"k", c.world.stage)):
-        c.counting.looked_at(node)
+        c.counting.looked_at(node, lookup=True)
         c.read_once(node)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {}
@@ -127,15 +147,76 @@ def test_rclone_multipart_publication_counts_as_multipart() -> None:
     assert c.counts() == {"multipart_count": 1, "put_count": 1}
 
 
-def test_rclone_reads_an_object_twice_per_get() -> None:
+HASH = (0, 32768)  # rclone 1.75.2 hashes with 32 KiB reads ...
+SERVE = (0, 4096)  # ... and serves a GET with reads that start at 4 KiB
+
+
+def test_rclone_hash_reads_are_no_get_and_their_bytes_no_bytes_read() -> None:
     c = Counted("rclone")
     node = c.obj()
-    c.read_once(node)  # the hash
-    c.clock.advance(0.2)
-    c.read_once(node)  # the data: the same GET
-    c.clock.advance(5)
-    c.read_once(node)  # a new GET
+    c.stat(node, node)
+    c.read_once(node, HASH)  # a HEAD of an object rclone had not hashed yet
+    c.clock.advance(HEAD_WAIT + 0.1)
+    c.counting.commit_heads()
+    assert c.counts() == {"head_count": 1}
+    c.stat(node, node)
+    c.read_once(node, HASH)  # a GET of an object not hashed: the hash ...
+    c.stat(node, node)
+    c.read_once(node, SERVE)  # ... then the data
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "get_count": 1}
+
+
+def test_rclone_range_get_opens_twice_and_is_one_get() -> None:
+    c = Counted("rclone")
+    node = c.obj()
+    first = c.open_read(node, SERVE)
+    second = c.open_read(node)  # opened while the first is still open
+    c.close_read(node, first)
+    c.close_read(node, second)
+    assert second == Reading.SAME_GET
+    unread = c.open_read(node)  # a first handle never read (rclone opens before it seeks) ...
+    later = c.open_read(node, (5_000_000, 4096))  # ... and the one that serves the range
+    c.close_read(node, unread)
+    c.close_read(node, later)
     assert c.counts() == {"get_count": 2}
+
+
+def test_rclone_list_is_a_sweep_of_stats_in_path_order() -> None:
+    c = Counted("rclone")
+    a, b, k = c.obj(b"a"), c.obj(b"b"), c.obj(b"k")
+    c.stat(k, a, b)  # LIST of three hashed objects: one stat each (rclone's own order)
+    c.clock.advance(0.05)
+    c.stat(b)  # a HEAD: a new request (past list_gap and request_gap) ...
+    c.clock.advance(0.05)
+    c.stat(a)  # ... and another
+    c.clock.advance(HEAD_WAIT)
+    c.counting.commit_heads()
+    assert c.counts() == {"list_count": 1, "head_count": 2}
+
+
+def test_rclone_list_of_objects_not_hashed_yet_is_one_list() -> None:
+    c = Counted("rclone")
+    nodes = [c.obj(name) for name in (b"a", b"b", b"c")]
+    for node in nodes:
+        c.stat(node, node)
+        c.read_once(node, HASH)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 1}
+
+
+def test_rclone_get_after_a_head_of_the_same_object_leaves_the_head() -> None:
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node)  # HEAD
+    c.clock.advance(0.05)
+    c.stat(node, node, node)  # GET
+    reading = c.open_read(node, SERVE)
+    c.counting.bytes_read(node, 10, at_end=True)
+    c.close_read(node, reading)
+    c.stat(node)  # rclone's check of the hash at the end of the GET: no HEAD
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "get_count": 1, "bytes_read": 10}
 
 
 def test_generic_counts_every_read_only_open() -> None:
@@ -166,16 +247,32 @@ def test_list_counts_visible_directories_in_buckets() -> None:
 def test_byte_counters_and_rejections() -> None:
     c = Counted()
     node = c.obj()
-    c.counting.bytes_written(c.world.b1, 100)
-    c.counting.bytes_read(node, 40)
+    c.counting.written(node)
+    c.counting.bytes_written(node, 100)
+    c.counting.bytes_read(node, 40, at_end=False)
     c.counting.rejected(c.world.b1)
-    assert c.counts() == {"bytes_written": 100, "bytes_read": 40, "quota_rejections": 1}
+    assert c.counts() == {"bytes_read": 40, "quota_rejections": 1}  # not uploaded yet
+    c.counting.closed(node, wrote=True, reading=Reading.NOT_READING)
+    assert c.counts() == {"bytes_written": 100, "bytes_read": 40, "quota_rejections": 1,
+                          "put_count": 1}
+
+
+def test_bytes_of_an_upload_never_published_are_not_counted() -> None:
+    c = Counted("rclone")
+    temp = c.obj(b".rclone_temp_put_1")
+    c.counting.written(temp)
+    c.counting.bytes_written(temp, 4096)  # then a refused write: rclone removes the temp file
+    done = c.obj(b".rclone_temp_put_2")
+    c.counting.written(done)
+    c.counting.bytes_written(done, 300)
+    c.counting.published(c.world.d1, b"k", done, [b".rclone_temp_put_2"])
+    assert c.counts() == {"put_count": 1, "bytes_written": 300}
 
 
 def test_a_forgotten_lookup_is_no_head() -> None:
     c = Counted()
     node = c.obj()
-    c.counting.looked_at(node)
+    c.counting.looked_at(node, lookup=True)
     c.counting.forgotten(node)  # unlinked before HEAD_WAIT: the server's own check
     c.counting.commit_heads(everything=True)
     assert c.counts() == {}
@@ -200,3 +297,75 @@ def test_unlinks_pending_at_a_stop_are_counted() -> None:
     c.counting.deleted(c.world.d1, b"k", reg().st_mode)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"delete_count": 1}
+
+
+def test_rclone_directory_reads_and_own_checks_are_no_requests() -> None:
+    c = Counted("rclone")
+    a, b = c.obj(b"a"), c.obj(b"b")
+    c.counting.listed(c.world.d1)  # rclone re-reads the directory after a PUT:
+    c.stat(a, b)  # Go's Readdir stats every entry while the directory is open
+    c.counting.unlisted(c.world.d1)
+    c.counting.published(c.world.d1, b"a", a, [b".rclone_temp_put_1"])
+    c.stat(a)  # rclone's stat of the key it just renamed into place
+    c.clock.advance(0.05)
+    c.stat(a)  # a client's HEAD right after its PUT
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"put_count": 1, "head_count": 1}
+
+
+def test_rclone_lookups_are_matched_to_requests_by_count_not_time() -> None:
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node)  # HEAD
+    c.stat(node)  # HEAD again, at once
+    c.stat(node, node, node)  # GET (three stats, then the data)
+    c.read_once(node, SERVE)
+    c.clock.advance(1.1)  # past rclone's own check after a GET
+    c.stat(node)  # HEAD
+    c.stat(node)  # DELETE: one stat, then the unlink
+    c.counting.deleted(c.world.d1, b"k", reg().st_mode, node)
+    c.counting.forgotten(node)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 3, "get_count": 1, "delete_count": 1}
+
+
+def test_rclone_overwrite_takes_two_stats_of_the_old_object() -> None:
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node)  # HEAD
+    c.stat(node, node)  # PUT over it: two stats, the unlink, the rename
+    c.counting.deleted(c.world.d1, b"k", reg().st_mode, node)
+    c.counting.published(c.world.d1, b"k", None, [b".rclone_temp_put_1"])
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "put_count": 1}
+
+
+def test_rclone_list_slowed_down_between_stats_is_still_one_list() -> None:
+    c = Counted("rclone")
+    a, b, k = c.obj(b"a"), c.obj(b"b"), c.obj(b"k")
+    c.names = frozenset((b"a", b"b", b"k"))
+    c.stat(b, step=0.005)  # each stat further apart than list_gap...
+    c.stat(k, a)  # ... and then two close together: one LIST
+    c.clock.advance(HEAD_WAIT + 0.1)
+    c.counting.commit_heads()
+    assert c.counts() == {"list_count": 1}
+    c.stat(a, step=0.005)
+    c.stat(k, step=0.005)
+    c.stat(b, step=0.005)  # lone stats of every object of the directory: a LIST too
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 2}
+
+
+def test_rclone_quick_heads_of_some_objects_are_heads() -> None:
+    c = Counted("rclone")
+    a, b = c.obj(b"a"), c.obj(b"b")
+    c.names = frozenset((b"a", b"b", b"k"))
+    c.stat(a, step=0.005)
+    c.stat(b, step=0.005)  # two HEADs 5 ms apart, not all the directory: HEADs
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2}
+    c.names = None  # a directory too large to read: lone stats are HEADs
+    c.stat(a, step=0.005)
+    c.stat(b, step=0.005)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 4}
