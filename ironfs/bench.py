@@ -285,7 +285,7 @@ def bucket_memory(count: int = 20_000) -> float:
 class Mounted:
     """A throw-away ironfs over *backing* at *mnt*, unmounted whatever happens."""
 
-    def __init__(self, backing: Path, mnt: Path, log: Path) -> None:
+    def __init__(self, backing: Path, mnt: Path, log: Path, profile: str = "generic") -> None:
         backing.mkdir(parents=True)
         mnt.mkdir(parents=True)
         self.mnt = mnt
@@ -294,7 +294,8 @@ class Mounted:
             self.metrics = f"127.0.0.1:{s.getsockname()[1]}"
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "ironfs", str(backing), str(mnt), "-o",
-             f"bucket_quota_bytes=none,metrics={self.metrics}", "--log-level", "warning"],
+             f"bucket_quota_bytes=none,metrics={self.metrics},profile={profile}",
+             "--log-level", "warning"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while not is_fuse_mount(os.fsencode(mnt)):
@@ -339,11 +340,11 @@ def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
     ]
 
 
-def run(base: Path, sizes: Sizes, with_s3: bool = True) -> dict[str, Any]:
+def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic") -> dict[str, Any]:
     scratch = Path(tempfile.mkdtemp(prefix="ironfs-bench-", dir=base))
     results: dict[str, dict[str, list[float]]] = {}
     units: dict[str, str] = {}
-    mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log")
+    mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log", profile)
     try:
         for _ in range(sizes.rounds):
             for tag, unit, fn in workloads(sizes):
@@ -418,11 +419,14 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, one round (for CI)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-s3", action="store_true", help="skip the rclone/boto3 rows")
+    p.add_argument("--profile", default="generic", choices=sorted(PROFILES),
+                   help="the mount's server profile (default: generic)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.backing):
         print(f"ironfs bench: {args.backing}: not a directory", file=sys.stderr)
         return 1
-    report = run(Path(args.backing), QUICK if args.quick else FULL, with_s3=not args.no_s3)
+    report = run(Path(args.backing), QUICK if args.quick else FULL, with_s3=not args.no_s3,
+                 profile=args.profile)
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
                      if args.json else table(report) + "\n")
     return 0
