@@ -437,7 +437,8 @@ def test_random_operations_keep_the_ledger_equal_to_a_scan(sequence: list[tuple]
 
 
 def test_the_rules_import_neither_pyfuse3_nor_trio() -> None:
-    code = ("import sys, ironfs.accounting, ironfs.counting, ironfs.tree, ironfs.livescan, "
+    code = ("import sys, ironfs.accounting, ironfs.counting, ironfs.lookups, ironfs.tree, "
+            "ironfs.livescan, "
             "ironfs.limitlog, ironfs.killpriv, ironfs.startcheck, ironfs.ledger; "
             "print(sorted(m for m in ('pyfuse3', 'trio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,8 +3,9 @@ mount, no sleeping."""
 
 from __future__ import annotations
 
-from ironfs.counting import HEAD_WAIT, Counting, Reading
+from ironfs.counting import Counting, Reading
 from ironfs.inodes import Node
+from ironfs.lookups import HEAD_WAIT
 from ironfs.rules import PROFILES
 from ironfs.stats import StatsBook
 from tests.fakefs import World, directory, reg

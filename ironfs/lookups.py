@@ -1,0 +1,232 @@
+"""Lookups of objects not (yet) matched to a GET, a PUT or a DELETE: the
+HEADs, and the stats of a LIST.
+
+A server that answers HEAD and LIST from a stat of each object (rclone) shows
+ironfs nothing but lookups.  Each lookup of an object is a *unit*; units that
+another request accounts for are dropped (counting.py says which); those left
+when HEAD_WAIT has passed are grouped: lookups of distinct objects of one
+directory close together form a *sweep*, sweeps of related directories close
+together a *chain*, and a chain is one LIST or as many HEADs as it has units.
+No pyfuse3, no trio; the time comes from the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .inodes import Node
+from .ledger import Bucket
+from .rules import Profile
+
+#: A lookup of an object counts as HEAD (or LIST) unless a GET of it follows
+#: within this time.
+HEAD_WAIT = 0.5
+
+#: The objects of a directory whose inodes are older than some seconds (reads
+#: it), or None if unknown.
+NamesIn = Callable[[Node, float], frozenset[bytes] | None]
+
+
+class Sweep:
+    """Objects of one directory looked up one after the other, each soon after
+    the last: a LIST if two or more of them are left, a HEAD if one."""
+
+    __slots__ = ("bucket", "directory", "members", "first_seen", "last_seen")
+
+    def __init__(self, bucket: Bucket, directory: Node, now: float) -> None:
+        self.bucket = bucket
+        self.directory = directory
+        self.members: dict[Node, int] = {}  # object -> requests it stands for
+        self.first_seen = self.last_seen = now
+
+
+def _ancestors(directory: Node) -> list[Node]:
+    """*directory* and the directories above it, up to its bucket's."""
+    chain = [directory]
+    while chain[-1].parent is not None and chain[-1].parent.parent is not None:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def _related(a: Node, b: Node) -> bool:
+    """Whether one LIST can go from directory *a* to *b*: the same, one below
+    the other, or two below one prefix of the bucket (a LIST recurses)."""
+    if a is b:
+        return True
+    up_a, up_b = _ancestors(a), _ancestors(b)
+    if a in up_b or b in up_a:
+        return True
+    common = set(up_a[:-1]) & set(up_b[:-1])  # the bucket directory itself does not join
+    return bool(common)
+
+
+class Unit:
+    """One request's stats of one object, not yet known to be part of a GET,
+    a DELETE or an overwrite: a HEAD, or one object of a LIST."""
+
+    __slots__ = ("sweep", "hashed")
+
+    def __init__(self, sweep: Sweep) -> None:
+        self.sweep = sweep
+        self.hashed = False  # the server read the object whole to hash it
+
+
+class Lookups:
+    def __init__(self, profile: Profile, names_in: NamesIn) -> None:
+        self.profile = profile
+        self.names_in = names_in
+        # Objects looked up and not yet matched to another request: their units,
+        # oldest first (one per lookup when the profile counts stats per request).
+        self.units: dict[Node, list[Unit]] = {}
+        self.sweeps: list[Sweep] = []
+
+    def seen(self, node: Node, now: float) -> bool:
+        """Keeps *node*'s latest sweep going; whether it has a unit."""
+        units = self.units.get(node)
+        if units:
+            units[-1].sweep.last_seen = now
+        return bool(units)
+
+    def add(self, bucket: Bucket, node: Node, now: float) -> None:
+        """One more unit: a lookup of the object *node*."""
+        sweep = self._sweep_for(bucket, node, now)
+        sweep.members[node] = sweep.members.get(node, 0) + 1
+        self.units.setdefault(node, []).append(Unit(sweep))
+
+    def _sweep_for(self, bucket: Bucket, node: Node, now: float) -> Sweep:
+        """The sweep *node*'s lookup continues (one of its directory, last seen
+        within the profile's list_gap, not holding it yet), or a new one."""
+        gap = self.profile.list_gap
+        best: Sweep | None = None
+        if gap:
+            for sweep in self.sweeps:
+                if (sweep.directory is node.parent and now - sweep.last_seen <= gap
+                        and node not in sweep.members
+                        and (best is None or sweep.last_seen > best.last_seen)):
+                    best = sweep
+        if best is None:
+            assert node.parent is not None  # an object has a directory
+            best = Sweep(bucket, node.parent, now)
+            self.sweeps.append(best)
+        best.last_seen = now
+        return best
+
+    def hashing(self, node: Node, stats: int) -> None:
+        """The server hashes *node* after *stats* stats of it: those are one
+        request (a HEAD, a LIST's, or the start of a GET)."""
+        tail = self._plain_tail(node, stats)
+        if tail:
+            tail[0].hashed = True
+            for unit in tail[1:]:
+                self._drop_unit(node, unit)
+
+    def drop_for_get(self, node: Node, before: int, after_hash: int) -> None:
+        """A GET of *node*: its last *before* units, or *after_hash* of them and
+        the hash read's unit before them."""
+        if self.drop(node, before) == after_hash:
+            units = self.units.get(node)
+            if units and units[-1].hashed:  # the hash read was this GET's
+                self._drop_unit(node, units[-1])
+
+    def _plain_tail(self, node: Node, most: int) -> list[Unit]:
+        """*node*'s latest units up to *most*, back to its last hashed one."""
+        units = self.units.get(node, [])
+        tail: list[Unit] = []
+        for unit in reversed(units[-most:] if most else []):
+            if unit.hashed:
+                break
+            tail.insert(0, unit)
+        return tail
+
+    def drop(self, node: Node, most: int = 0) -> int:
+        """*node*'s latest *most* units (all of them for 0; only those since its
+        last hash read otherwise) were part of another request (a GET, a PUT, a
+        DELETE): no HEAD and no LIST.  Returns how many were dropped."""
+        if not most or not self.profile.stats_before_get:
+            units = self.units.pop(node, [])
+            for unit in units:
+                self._leave(node, unit)
+            return len(units)
+        tail = self._plain_tail(node, most)
+        for unit in tail:
+            self._drop_unit(node, unit)
+        return len(tail)
+
+    def _drop_unit(self, node: Node, unit: Unit) -> None:
+        units = self.units[node]
+        units.remove(unit)
+        if not units:
+            del self.units[node]
+        self._leave(node, unit)
+
+    @staticmethod
+    def _leave(node: Node, unit: Unit) -> None:
+        members = unit.sweep.members
+        left = members.pop(node) - 1
+        if left:
+            members[node] = left
+
+    def due(self, now: float, everything: bool = False) -> list[tuple[Bucket, bool, int]]:
+        """The chains no GET followed within HEAD_WAIT, each as (bucket, is a
+        LIST, units); they are forgotten."""
+        done: list[tuple[Bucket, bool, int]] = []
+        ready: list[Sweep] = []
+        waiting: list[Sweep] = []
+        for sweep in self.sweeps:
+            if sweep.members and not everything and now - sweep.last_seen < HEAD_WAIT:
+                waiting.append(sweep)
+            elif sweep.members:
+                ready.append(sweep)
+        held: set[int] = set()
+        for chain in self._chains(ready):
+            if any(self._may_continue(chain[-1], later) for later in waiting):
+                held.update(map(id, chain))  # a fragment of it is still open
+                continue
+            done.append(self._close(chain, now))
+        self.sweeps = [s for s in self.sweeps if id(s) in held] + waiting
+        return done
+
+    def _chains(self, sweeps: list[Sweep]) -> list[list[Sweep]]:
+        """*sweeps* (in the order they started) joined into LISTs: a server
+        descheduled in the middle of one makes a gap longer than list_gap, but
+        what follows is still the same directory's other objects."""
+        chains: list[list[Sweep]] = []
+        for sweep in sweeps:
+            going = [c for c in chains if self._may_continue(c[-1], sweep, c)]
+            if going:
+                max(going, key=lambda c: c[-1].last_seen).append(sweep)
+            else:
+                chains.append([sweep])
+        return chains
+
+    def _may_continue(self, last: Sweep, later: Sweep, chain: list[Sweep] | None = None) -> bool:
+        """Whether *later* goes on *chain* (ending with *last*): a related
+        directory, soon enough, objects not in it yet."""
+        if not later.members or not _related(later.directory, last.directory):
+            return False
+        if later.first_seen - last.last_seen > self.profile.list_merge_gap:
+            return False
+        return not any(s.members.keys() & later.members.keys() for s in chain or [last])
+
+    def _is_list(self, chain: list[Sweep], now: float) -> bool:
+        """A chain is a LIST if one of its sweeps holds two objects or more, or
+        if its lone lookups are of every object that was in the directory."""
+        if any(len(s.members) > 1 for s in chain):
+            return True
+        if len(chain) < 2 or any(s.directory is not chain[0].directory for s in chain):
+            return False
+        # (objects made since the LIST began were not in it; those deleted since are gone)
+        names = self.names_in(chain[0].directory, now - chain[0].first_seen)
+        return names is not None and names <= {n.name for s in chain for n in s.members}
+
+    def _close(self, chain: list[Sweep], now: float) -> tuple[Bucket, bool, int]:
+        """*chain* is counted: its units are forgotten."""
+        for sweep in chain:
+            for node in sweep.members:
+                left = [u for u in self.units.get(node, []) if u.sweep is not sweep]
+                if left:
+                    self.units[node] = left
+                else:
+                    self.units.pop(node, None)
+        count = sum(n for s in chain for n in s.members.values())
+        return chain[0].bucket.load_live(), self._is_list(chain, now), count
