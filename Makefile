@@ -4,7 +4,7 @@ VENV       ?= .venv
 BACKING    ?= $(CURDIR)/var/backing
 MOUNTPOINT ?= $(CURDIR)/var/s3
 OPTIONS    ?=
-DEB_PACKAGES := fuse3 libfuse3-dev pkg-config attr gcc python3-dev python3-venv systemd
+DEB_PACKAGES := fuse3 libfuse3-dev pkg-config attr gcc python3-dev python3-venv systemd postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PREFIX     ?= /opt/ironfs

@@ -1,6 +1,6 @@
 """The ``ironfs`` command: ``ironfs [mount] BACKING MOUNTPOINT [-o opt[,opt…]]``,
-``ironfs stats BUCKET_DIR`` (report.py) and ``ironfs quota|account|report|reconcile``
-(admin.py).
+``ironfs stats BUCKET_DIR`` (report.py), ``ironfs quota|account|report|reconcile``
+(admin.py) and ``ironfs cluster init|release|grants`` (cluster_command.py).
 
 Exit status: 0 clean stop, 1 could not start (bad option, unsuitable
 directories, backing root already served), 2 bad command line, 3 crashed
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from .stats_command import stats_main
 
         return stats_main(argv[1:])
+    if argv[:1] == ["cluster"]:
+        from .cluster_command import cluster_main
+
+        return cluster_main(argv[1:])
     if argv[:1] == ["bench"]:
         from .bench import bench_main
 
