@@ -109,14 +109,30 @@ def set_limits(conn: psycopg.Connection[Any], kind: str, name: str, max_bytes: i
         conn.execute("SELECT pg_notify(%s, %s)", (LIMITS_CHANNEL, f"{kind}/{name}"))
 
 
+@dataclass(frozen=True, slots=True)
+class LimitRow:
+    """A bucket's or account's limits as the cluster knows them."""
+
+    max_bytes: int | None
+    max_objects: int | None
+    grace_bytes: int = 0
+
+
+UNLIMITED = LimitRow(None, None, 0)
+
+
 def acquire(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
-            used_bytes: int, used_objects: int, want_bytes: int = 0, want_objects: int = 0) -> Grant:
+            used_bytes: int, used_objects: int, want_bytes: int = 0, want_objects: int = 0,
+            first: LimitRow = UNLIMITED) -> tuple[Grant, LimitRow]:
     """This node's new grant for *kind*/*name*: its usage plus what it wants
-    plus headroom, as far as the limit allows (grants.grant_for)."""
+    plus headroom, as far as the limit allows (grants.grant_for); and the
+    limits it was computed from.  *first*: the limits to record if the cluster
+    has none for it yet (the first node to serve it brings its own)."""
     with conn.transaction():
         conn.execute(
-            """INSERT INTO ironfs_limits (kind, name) VALUES (%s, %s)
-               ON CONFLICT (kind, name) DO NOTHING""", (kind, name))
+            """INSERT INTO ironfs_limits (kind, name, max_bytes, max_objects, grace_bytes)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, name) DO NOTHING""",
+            (kind, name, first.max_bytes, first.max_objects, first.grace_bytes))
         limit = conn.execute(
             """SELECT max_bytes, max_objects, grace_bytes FROM ironfs_limits
                WHERE kind = %s AND name = %s FOR UPDATE""", (kind, name)).fetchone()
@@ -135,7 +151,21 @@ def acquire(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
             grants.grant_for(max_objects, int(held_objects), used_objects, want_objects, nodes,
                              grants.OBJECTS))
         _store(conn, node, kind, name, grant, used_bytes, used_objects)
-    return grant
+    return grant, LimitRow(max_bytes, max_objects, grace)
+
+
+def limits_of(conn: psycopg.Connection[Any], kind: str, name: str) -> LimitRow | None:
+    with conn.transaction():
+        row = conn.execute(
+            """SELECT max_bytes, max_objects, grace_bytes FROM ironfs_limits
+               WHERE kind = %s AND name = %s""", (kind, name)).fetchone()
+    return None if row is None else LimitRow(row[0], row[1], row[2])
+
+
+def ask_to_give_back(conn: psycopg.Connection[Any], kind: str, name: str) -> None:
+    """Every node is asked to release what it holds beyond its usage for *kind*/*name*."""
+    with conn.transaction():
+        conn.execute("SELECT pg_notify(%s, %s)", (SHRINK_CHANNEL, f"{kind}/{name}"))
 
 
 def release(conn: psycopg.Connection[Any], node: str, kind: str, name: str,

@@ -86,7 +86,7 @@ def test_nodes_asking_at_once_never_hold_more_than_the_limit(pg: PostgreSQL) -> 
             for _ in range(60):
                 want = rng.randrange(1, 3 * MiB)
                 if used[name] + want > held:  # past the grant: ask (the hot path never does)
-                    grant = clusterdb.acquire(conn, name, "bucket", "shared", used[name], 0, want, 0)
+                    grant, _ = clusterdb.acquire(conn, name, "bucket", "shared", used[name], 0, want, 0)
                     assert grant.bytes is not None
                     held = grant.bytes
                 if used[name] + want <= held:
@@ -119,7 +119,7 @@ def test_nodes_asking_at_once_never_hold_more_than_the_limit(pg: PostgreSQL) -> 
         clusterdb.release(conn, name, "bucket", "shared", used[name], 0)
         conn.close()
     rest = limit - sum(used.values())
-    grant = clusterdb.acquire(admin, "n0", "bucket", "shared", used["n0"], 0, rest, 0)
+    grant, _ = clusterdb.acquire(admin, "n0", "bucket", "shared", used["n0"], 0, rest, 0)
     assert grant.bytes == limit - sum(u for n, u in used.items() if n != "n0")
     admin.close()
 
@@ -128,14 +128,15 @@ def test_an_administrator_releases_a_dead_nodes_grant(pg: PostgreSQL) -> None:
     conn = clusterdb.connect(pg.dsn)
     try:
         clusterdb.set_limits(conn, "bucket", "dead", 10 * MiB, 100)
-        grant = clusterdb.acquire(conn, "gone", "bucket", "dead", 1 * MiB, 3, 0, 0)
+        grant, limits = clusterdb.acquire(conn, "gone", "bucket", "dead", 1 * MiB, 3, 0, 0)
+        assert limits == clusterdb.LimitRow(10 * MiB, 100, 0)
         assert grant.bytes is not None and grant.bytes > 1 * MiB
-        assert clusterdb.acquire(conn, "alive", "bucket", "dead", 0, 0, 9 * MiB, 0).bytes \
+        assert clusterdb.acquire(conn, "alive", "bucket", "dead", 0, 0, 9 * MiB, 0)[0].bytes \
             == 10 * MiB - grant.bytes  # the dead node's headroom is not there for the taking
         assert clusterdb.release_node(conn, "gone") == 1
         rows = {r.node: r for r in clusterdb.grant_rows(conn) if r.name == "dead"}
         assert rows["gone"].grant == clusterdb.Grant(1 * MiB, 3)
-        assert clusterdb.acquire(conn, "alive", "bucket", "dead", 0, 0, 9 * MiB, 0).bytes == 9 * MiB
+        assert clusterdb.acquire(conn, "alive", "bucket", "dead", 0, 0, 9 * MiB, 0)[0].bytes == 9 * MiB
     finally:
         conn.close()
 
@@ -143,7 +144,12 @@ def test_an_administrator_releases_a_dead_nodes_grant(pg: PostgreSQL) -> None:
 def test_unlimited_buckets_need_no_grant(pg: PostgreSQL) -> None:
     conn = clusterdb.connect(pg.dsn)
     try:
-        assert clusterdb.acquire(conn, "n0", "bucket", "free", 5, 1, 100, 1) == clusterdb.Grant(None, None)
+        assert clusterdb.acquire(conn, "n0", "bucket", "free", 5, 1, 100, 1) == (
+            clusterdb.Grant(None, None), clusterdb.UNLIMITED)
+        first = clusterdb.LimitRow(3 * MiB, None, 0)  # the first node to serve it brings its own
+        assert clusterdb.acquire(conn, "n0", "bucket", "new", 0, 0, 1, 0, first)[1] == first
+        other = clusterdb.LimitRow(9 * MiB, None, 0)
+        assert clusterdb.acquire(conn, "n1", "bucket", "new", 0, 0, 1, 0, other)[1] == first
     finally:
         conn.close()
 
