@@ -123,11 +123,13 @@ UNLIMITED = LimitRow(None, None, 0)
 
 def acquire(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
             used_bytes: int, used_objects: int, want_bytes: int = 0, want_objects: int = 0,
-            first: LimitRow = UNLIMITED) -> tuple[Grant, LimitRow]:
+            first: LimitRow = UNLIMITED, floor: Grant = Grant(0, 0)) -> tuple[Grant, LimitRow]:
     """This node's new grant for *kind*/*name*: its usage plus what it wants
     plus headroom, as far as the limit allows (grants.grant_for); and the
     limits it was computed from.  *first*: the limits to record if the cluster
-    has none for it yet (the first node to serve it brings its own)."""
+    has none for it yet (the first node to serve it brings its own).  *floor*:
+    the grant the node holds, which it may be filling meanwhile: the new one is
+    not smaller while the limit allows."""
     with conn.transaction():
         conn.execute(
             """INSERT INTO ironfs_limits (kind, name, max_bytes, max_objects, grace_bytes)
@@ -147,9 +149,9 @@ def acquire(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
         nodes = int(other_nodes) + 1
         grant = Grant(
             grants.grant_for(None if max_bytes is None else max_bytes + grace, int(held_bytes),
-                             used_bytes, want_bytes, nodes, grants.BYTES),
+                             used_bytes, want_bytes, nodes, grants.BYTES, floor.bytes or 0),
             grants.grant_for(max_objects, int(held_objects), used_objects, want_objects, nodes,
-                             grants.OBJECTS))
+                             grants.OBJECTS, floor.objects or 0))
         _store(conn, node, kind, name, grant, used_bytes, used_objects)
     return grant, LimitRow(max_bytes, max_objects, grace)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ class Config:
     log_file: str | None = None
     entry_timeout: float = 1.0
     attr_timeout: float = 1.0
+    cluster: str | None = None  # PostgreSQL DSN: this mount is a node of a cluster
+    node: str = field(default_factory=lambda: socket.gethostname())
 
 
 def _int(name: str, text: str, minimum: int = 0) -> int:
@@ -152,6 +155,16 @@ def _apply_option(cfg: Config, key: str, val: str | None) -> None:
         if not 0 <= seconds <= 3600:
             raise ConfigError(f"{key}: must be between 0 and 3600 seconds")
         setattr(cfg, key, seconds)
+    elif key == "cluster":
+        dsn = _need(key, val)
+        if not dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"cluster: expected postgresql://USER@HOST:PORT/DATABASE, not {dsn!r}")
+        cfg.cluster = dsn
+    elif key == "node":
+        name = _need(key, val)
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"node: letters, digits, '-', '_' and '.' only, not {name!r}")
+        cfg.node = name
     elif key == "log_file":
         cfg.log_file = _need(key, val)
     elif key == "metrics_file":

@@ -84,6 +84,8 @@ class Control:
         # The daemon's reconcile, which scans beside the requests: (bucket names
         # or None for all, fix); None offline.
         self.live: Callable[[list[bytes] | None, bool], None] | None = None
+        # A cluster node publishes a bucket's limits set here to the other nodes.
+        self.limits_changed: Callable[[Bucket], None] | None = None
 
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
@@ -145,6 +147,8 @@ class Control:
         except ValueError as e:
             raise ControlError(errno.EINVAL, str(e)) from None
         self.ledger.set_limits(bucket, limits)
+        if self.limits_changed is not None:
+            self.limits_changed(bucket)
         log.info("bucket %s: %s set to %s by uid %d", bucket.display_name, field, text, uid)
 
     def _stats(self, bucket: Bucket, month: str) -> bytes:

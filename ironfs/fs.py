@@ -33,6 +33,7 @@ from . import replies
 from .accounting import Accounting
 from .background import Background
 from .catalog import delete_bucket, made_bucket
+from .cluster import ClusterNode, NeedGrant
 from .config import Config
 from .control import ADMIN_PREFIX, Control, ControlError
 from .counting import Counting, Reading
@@ -78,10 +79,16 @@ class IronFS(pyfuse3.Operations):
         self.requests: Counter[str] = Counter()  # FUSE requests by operation (metrics)
         self.control = Control(cfg, ledger, store.book, self.pending_bytes)
         self.work = Background(cfg, ledger, self.scans, self.control, self.tree, self.pending_bytes)
+        self.cluster: ClusterNode | None = None  # set when the mount is a cluster node
 
     def pending_bytes(self) -> dict[int, int]:
         """Bytes still charged for files unlinked while open, per bucket id."""
         return pending_bytes(self.handles)
+
+    async def worth_retrying(self, e: Exception) -> bool:
+        if self.cluster is None or not isinstance(e, NeedGrant):
+            return False
+        return await self.cluster.obtain(e)
 
     def fuse_error(self, e: Exception) -> Exception:
         """Only FUSEError leaves a handler: OS errors keep their errno, a quota

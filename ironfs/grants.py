@@ -36,7 +36,7 @@ OBJECTS = Sizing(smallest=16, largest=4096)
 
 
 def grant_for(limit: int | None, held_by_others: int, used: int, want: int, nodes: int,
-              sizing: Sizing) -> int | None:
+              sizing: Sizing, floor: int = 0) -> int | None:
     """The grant a node gets in one dimension (bytes or objects).
 
     *limit* is the cluster-wide limit plus grace (None: unlimited, no grant
@@ -51,7 +51,7 @@ def grant_for(limit: int | None, held_by_others: int, used: int, want: int, node
     if limit is None:
         return None
     ceiling = max(0, limit - held_by_others)
-    needed = used + max(0, want)
+    needed = max(used + max(0, want), floor)
     if needed >= ceiling:
         return ceiling
     return needed + sizing.headroom(ceiling - needed, nodes)

@@ -20,6 +20,11 @@ class Adapter(Protocol):
         """The FUSEError for *e*, or *e* itself if it is a bug (not mapped)."""
         ...
 
+    async def worth_retrying(self, e: Exception) -> bool:
+        """Whether a request that raised *e* may now succeed (a cluster node
+        obtained the grant it lacked): it is run once more."""
+        ...
+
 
 A = TypeVar("A", bound=Adapter)
 
@@ -38,6 +43,11 @@ def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], C
     async def wrapper(self: A, /, *args: P.args, **kwargs: P.kwargs) -> R:
         self.requests[op] += 1
         try:  # (no context manager: this runs for every request)
+            return fn(self, *args, **kwargs)
+        except Exception as e:
+            if not await self.worth_retrying(e):
+                _reraise(self, e)
+        try:  # the handler changed nothing when it raised: it runs from the start
             return fn(self, *args, **kwargs)
         except Exception as e:
             _reraise(self, e)

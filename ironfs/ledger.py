@@ -14,7 +14,7 @@ import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .stats import MonthCounters
@@ -155,6 +155,11 @@ class Account(Meter):
         self.buckets: set[bytes] = set()
 
 
+class Gate(Protocol):
+    def check(self, bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
+        """Raise QuotaExceeded if a growth of *meter* must not be admitted."""
+
+
 class Ledger:
     """All buckets and accounts of one mount.  ``enforce=False`` tracks but never refuses."""
 
@@ -169,6 +174,9 @@ class Ledger:
         self._stubs: weakref.WeakValueDictionary[bytes, Bucket] = weakref.WeakValueDictionary()
         self.loader: Callable[[bytes], Bucket] | None = None
         self.refusals = RefusalLog()
+        # In a cluster, what this node holds of each limit (cluster.py): asked
+        # after the local limits, for every growth.
+        self.gate: Gate | None = None
         self.touched: set[Bucket] = set()  # see take_touched
         # Buckets being counted by a scan beside the requests, and accounts with
         # such members (by id: counts); rare, so not a field of every bucket.
@@ -451,6 +459,8 @@ class Ledger:
             limit = meter.limits.max_objects
             if limit is not None and meter.objects + nobjects > limit:
                 raise QuotaExceeded(bucket, meter, "objects")
+        if self.gate is not None and (nbytes > 0 or nobjects > 0):
+            self.gate.check(bucket, meter, nbytes, nobjects)
 
     def _apply(self, meter: Meter, nbytes: int, nobjects: int) -> None:
         used = meter.used_bytes + nbytes

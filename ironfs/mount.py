@@ -18,7 +18,9 @@ from contextlib import ExitStack
 import pyfuse3
 import trio
 
+from . import clusterdb
 from .catalog import load_account_file, load_buckets, reload_bucket
+from .cluster import ClusterNode
 from .config import Config, ConfigError
 from .fs import IronFS
 from .ledger import Ledger
@@ -118,9 +120,35 @@ async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics,
         nursery.start_soon(_flusher, ops, store, metrics, cfg.flush_interval, cfg.bucket_cache)
         nursery.start_soon(_stop_on_signal, early)
         nursery.start_soon(_ready_when_answering, cfg.mountpoint, ops.ledger)
+        if ops.cluster is not None:
+            nursery.start_soon(ops.cluster.serve)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         ops.work.stop()  # scans still running are settled after the unmount
+        if ops.cluster is not None:
+            await ops.cluster.stop()  # what this node does not use goes back
         nursery.cancel_scope.cancel()
+
+
+def join_cluster(cfg: Config, ledger: Ledger) -> ClusterNode:
+    """This mount as a node of the cluster in *cfg.cluster*: the database must
+    answer and hold the schema before the mount serves anything."""
+    assert cfg.cluster is not None
+    try:
+        conn = clusterdb.connect(cfg.cluster)
+    except ImportError:
+        raise ConfigError("cluster: psycopg is not installed (pip install 'ironfs[cluster]')") from None
+    except Exception as e:
+        raise ConfigError(f"cluster: {str(e).strip()}") from None
+    try:
+        clusterdb.check_schema(conn)
+    except Exception as e:
+        raise ConfigError(f"cluster: {str(e).strip()}") from None
+    finally:
+        conn.close()
+    node = ClusterNode(cfg.cluster, cfg.node, ledger)
+    ledger.gate = node.grants
+    log.info("cluster node %s", cfg.node)
+    return node
 
 
 def run(cfg: Config) -> None:
@@ -145,6 +173,9 @@ def run(cfg: Config) -> None:
         store = StateStore(cfg.backing, ledger, book)
         store.evicting = cfg.bucket_cache is not None
         ops = IronFS(cfg, ledger, store)
+        if cfg.cluster is not None:
+            ops.cluster = join_cluster(cfg, ledger)
+            ops.control.limits_changed = ops.cluster.limits_changed
         ledger.loader = functools.partial(reload_bucket, cfg, ledger, book,
                                           scan_beside=ops.work.scan_bucket)
         try:

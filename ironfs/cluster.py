@@ -1,0 +1,285 @@
+"""A mount as a node of a cluster (``-o cluster=DSN,node=NAME``): the grants it
+holds for its buckets and accounts, checked on the write path without the
+database, and refilled, given back and reported beside the requests.
+
+The write path (ledger.py) asks :class:`Grants` whether a growth fits what this
+node holds; if not, :class:`NeedGrant` (a QuotaExceeded) goes up to the handler
+wrapper, which awaits :meth:`ClusterNode.obtain` — a grant from PostgreSQL, in a
+worker thread, bounded in time — and runs the request once more, or refuses it.
+Other requests are answered meanwhile.  With the database gone, a node goes on
+within what it holds and then refuses growth; shrinking never asks anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from . import clusterdb
+from .clusterdb import Grant, LimitRow
+from .ledger import Bucket, Ledger, Limits, Meter, QuotaExceeded
+
+log = logging.getLogger(__name__)
+
+#: How long a write that needs more than the node holds may wait for it.
+WAIT_FOR_GRANT = 2.0
+#: Headroom below this fraction of the last headroom obtained: refill ahead of need.
+REFILL_BELOW = 0.25
+#: A grant unused for this long is given back (down to the usage).
+IDLE_AFTER = 2.0
+#: The background loop's period (refills, releases, usage reports).
+TICK = 0.2
+
+Key = tuple[str, str]  # ("bucket" or "account", name)
+
+
+class NeedGrant(QuotaExceeded):
+    """A growth beyond the grant this node holds: refused unless a refill comes."""
+
+    def __init__(self, bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
+        super().__init__(bucket, meter, "cluster grant")
+        self.nbytes = max(0, nbytes)
+        self.nobjects = max(0, nobjects)
+
+
+def key_of(meter: Meter) -> Key:
+    return meter.kind, meter.display_name
+
+
+class Grants:
+    """What this node holds, per bucket and account: the ledger's gate."""
+
+    def __init__(self) -> None:
+        self.held: dict[Key, Grant] = {}
+        self.headroom: dict[Key, int] = {}  # bytes above usage at the last refill
+        self.active: dict[Key, float] = {}  # when a growth last asked
+
+    def check(self, bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
+        key = key_of(meter)
+        self.active[key] = time.monotonic()
+        grant = self.held.get(key)
+        if grant is None:
+            raise NeedGrant(bucket, meter, nbytes, nobjects)
+        if nbytes > 0 and grant.bytes is not None and meter.used_bytes + nbytes > grant.bytes:
+            raise NeedGrant(bucket, meter, nbytes, nobjects)
+        if nobjects > 0 and grant.objects is not None and meter.objects + nobjects > grant.objects:
+            raise NeedGrant(bucket, meter, nbytes, nobjects)
+
+
+def _limit_row(limits: Limits) -> LimitRow:
+    return LimitRow(limits.max_bytes, limits.max_objects, limits.grace_bytes)
+
+
+class ClusterNode:
+    def __init__(self, dsn: str, node: str, ledger: Ledger) -> None:
+        self.dsn = dsn
+        self.node = node
+        self.ledger = ledger
+        self.grants = Grants()
+        self.meters: dict[Key, Meter] = {}
+        self._conn: Any = None  # psycopg.Connection, used by one worker thread at a time
+        self._db = trio.Lock()
+        self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self.reachable = True
+        # Limits an administrator set on this node, for the cluster (limits_changed).
+        self._limits_in, self._limits_out = trio.open_memory_channel[Meter](1000)
+
+    # -- the database, in worker threads -----------------------------------------------
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            self._conn = clusterdb.connect(self.dsn)
+        return self._conn
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        async with self._db:
+            return await self._run(fn, *args)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(connection, *args) in a worker thread, the caller holding _db;
+        None if the database fails."""
+        try:
+            result = await trio.to_thread.run_sync(lambda: fn(self._connection(), *args))
+        except Exception as e:  # unreachable, restarted, refused: fail closed
+            if self.reachable:
+                log.warning("cluster database: %s (growth beyond the grants held is refused)",
+                            str(e).strip() or type(e).__name__)
+            self.reachable = False
+            self._drop_connection()
+            return None
+        if not self.reachable:
+            log.info("cluster database reachable again")
+        self.reachable = True
+        return result
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    # -- the write path's wait -----------------------------------------------------------
+    async def obtain(self, need: NeedGrant) -> bool:
+        """A grant that covers *need*, within WAIT_FOR_GRANT; False: refuse it."""
+        meter = need.meter
+        key = key_of(meter)
+        self.meters[key] = meter
+        with trio.move_on_after(WAIT_FOR_GRANT):
+            asked_back = False
+            while True:
+                got = await self._acquire(key, meter, need.nbytes, need.nobjects)
+                if got and self._fits(key, meter, need):
+                    return True
+                if not self.reachable:
+                    return False
+                if not asked_back:  # the others may hold what this node needs: ask them
+                    await self._call(clusterdb.ask_to_give_back, *key)
+                    asked_back = True
+                await trio.sleep(0.05)
+        return False
+
+    def _fits(self, key: Key, meter: Meter, need: NeedGrant) -> bool:
+        grant = self.grants.held.get(key)
+        if grant is None:
+            return False
+        return ((grant.bytes is None or meter.used_bytes + need.nbytes <= grant.bytes)
+                and (grant.objects is None or meter.objects + need.nobjects <= grant.objects))
+
+    async def _acquire(self, key: Key, meter: Meter, nbytes: int = 0, nobjects: int = 0) -> bool:
+        # Under _db, in the database's order: a grant installed here is the one
+        # the database holds for this node.  Writes go on within the grant held
+        # while this is asked: the new one must not be smaller (floor), or the
+        # database would hand the difference to another node while this one
+        # fills it.
+        async with self._db:
+            floor = self.grants.held.get(key, Grant(0, 0))
+            answer = await self._run(clusterdb.acquire, self.node, key[0], key[1], meter.used_bytes,
+                                     meter.objects, nbytes, nobjects, _limit_row(meter.limits), floor)
+            if answer is None:
+                return False
+            grant, limits = answer
+            self.grants.held[key] = grant
+        if grant.bytes is not None:
+            self.grants.headroom[key] = max(0, grant.bytes - meter.used_bytes - nbytes)
+        self._adopt(meter, limits)
+        return True
+
+    def _adopt(self, meter: Meter, row: LimitRow) -> None:
+        """The cluster's limits become this node's (its .quota files show them)."""
+        old = meter.limits
+        if (old.max_bytes, old.max_objects, old.grace_bytes) == (row.max_bytes, row.max_objects,
+                                                                 row.grace_bytes):
+            return
+        limits = Limits(max_bytes=row.max_bytes, max_objects=row.max_objects,
+                        grace_bytes=row.grace_bytes, soft_bytes=old.soft_bytes)
+        if isinstance(meter, Bucket):
+            self.ledger.set_limits(meter, limits)
+        else:
+            meter.set_limits(limits)
+            self.ledger.accounts_dirty = True
+
+    # -- beside the requests -----------------------------------------------------------
+    async def serve(self) -> None:
+        """Refill grants that run low, give back idle ones; hear limits and
+        requests to give back from the other nodes; publish limits set here."""
+        self._token = trio.lowlevel.current_trio_token()
+        self._listener = threading.Thread(target=self._listen, name="ironfs-cluster-listen", daemon=True)
+        self._listener.start()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_limits)
+            await self._tend()
+
+    async def _publish_limits(self) -> None:
+        async for meter in self._limits_out:
+            limits = meter.limits
+            await self._call(clusterdb.set_limits, meter.kind, meter.display_name, limits.max_bytes,
+                             limits.max_objects, limits.grace_bytes)
+
+    def limits_changed(self, meter: Meter) -> None:
+        """An administrator set *meter*'s limits on this node (from the request
+        loop; published beside it)."""
+        try:
+            self._limits_in.send_nowait(meter)
+        except trio.WouldBlock:
+            log.error("cluster: %s %s: limits not published (queue full)", meter.kind, meter.display_name)
+
+    async def _tend(self) -> None:
+        while True:
+            await trio.sleep(TICK)
+            now = time.monotonic()
+            for key, meter in list(self.meters.items()):
+                grant = self.grants.held.get(key)
+                if grant is None or grant.bytes is None:
+                    continue
+                idle = now - self.grants.active.get(key, 0.0) > IDLE_AFTER
+                left = grant.bytes - meter.used_bytes
+                if idle and left > 0:
+                    await self._release(key, meter)
+                elif not idle and left < REFILL_BELOW * self.grants.headroom.get(key, 0):
+                    await self._acquire(key, meter)
+
+    async def _release(self, key: Key, meter: Meter) -> None:
+        """Give back what is not used.  The local grant falls first, so nothing
+        grows into what the database is about to hand to others (a growth in
+        the meantime waits, and asks again)."""
+        async with self._db:
+            held = self.grants.held.get(key)
+            if held is None:
+                return
+            used, objects = meter.used_bytes, meter.objects
+            self.grants.held[key] = Grant(None if held.bytes is None else min(held.bytes, used),
+                                          None if held.objects is None else min(held.objects, objects))
+            grant = await self._run(clusterdb.release, self.node, key[0], key[1], used, objects)
+            if grant is not None:
+                self.grants.held[key] = grant
+
+    def _listen(self) -> None:
+        """LISTEN for limits and give-back requests (a thread of its own:
+        psycopg's notification stream blocks)."""
+        while not self._stopping.is_set():
+            try:
+                import psycopg
+
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {clusterdb.LIMITS_CHANNEL}")
+                    conn.execute(f"LISTEN {clusterdb.SHRINK_CHANNEL}")
+                    while not self._stopping.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            self._heard(note.channel, note.payload)
+            except Exception as e:
+                log.debug("cluster listener: %s", e)
+                self._stopping.wait(1.0)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        kind, _, name = payload.partition("/")
+        if self._token is None:
+            return
+        try:
+            trio.from_thread.run(self._on_notice, channel, (kind, name), trio_token=self._token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            pass
+
+    async def _on_notice(self, channel: str, key: Key) -> None:
+        meter = self.meters.get(key)
+        if meter is None:
+            return
+        if channel == clusterdb.SHRINK_CHANNEL:
+            await self._release(key, meter)
+        else:  # a limit changed: ask again under it (a lower one may take headroom away)
+            self.grants.held.pop(key, None)
+            await self._acquire(key, meter)
+
+    async def stop(self) -> None:
+        """A clean stop: give back everything beyond the usage."""
+        for key, meter in list(self.meters.items()):
+            await self._release(key, meter)
+        self._stopping.set()
+        self._drop_connection()

@@ -1,0 +1,134 @@
+"""Three mounts over separate backing directories, one PostgreSQL: one limit
+for a bucket that lives on all three."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ironfs import clusterdb
+from tests.mounting import Mount, ledger, scan, start_mount, unavailable, wait_for
+from tests.pgserver import PostgreSQL
+
+KiB, MiB = 1 << 10, 1 << 20
+NODES = 3
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PostgreSQL]:
+    try:
+        import psycopg  # noqa: F401 (the "cluster" extra)
+    except ImportError:
+        unavailable("psycopg is not installed (pip install -e '.[cluster]')")
+    server = PostgreSQL()
+    try:
+        conn = clusterdb.connect(server.dsn)
+        clusterdb.init_schema(conn)
+        conn.close()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def nodes(pg: PostgreSQL, tmp_path: Path) -> Iterator[list[Mount]]:
+    mounts: list[Mount] = []
+    try:
+        for i in range(NODES):
+            mounts.append(start_mount(tmp_path / f"backing{i}", tmp_path / f"mnt{i}",
+                                      options=[f"cluster={pg.dsn}", f"node=n{i}",
+                                               "flush_interval_ms=200"]))
+        yield mounts
+    finally:
+        for m in mounts:
+            m.stop()
+
+
+def grants_held(pg: PostgreSQL, name: str) -> int:
+    conn = clusterdb.connect(pg.dsn)
+    try:
+        return sum(r.grant.bytes or 0 for r in clusterdb.grant_rows(conn) if r.name == name)
+    finally:
+        conn.close()
+
+
+def writer(mnt: Path, worker: int, stop: threading.Event, out: dict[str, int]) -> None:
+    """Files of 16-256 KiB, written whole; a refused one is removed (as an S3
+    server removes a refused upload) and the next one is smaller."""
+    rng = random.Random(worker)
+    size, n = 256 * KiB, 0
+    while not stop.is_set():
+        path = mnt / "shared" / f"w{worker}-{n}"
+        n += 1
+        want = rng.randrange(16 * KiB, size + 1)
+        try:
+            with open(path, "wb") as f:
+                f.write(b"x" * want)
+            out["written"] = out.get("written", 0) + want
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            out["refused"] = out.get("refused", 0) + 1
+            path.unlink(missing_ok=True)
+            if size <= 16 * KiB:
+                return
+            size //= 2
+
+
+def test_one_limit_across_three_nodes_is_never_overshot(pg: PostgreSQL, nodes: list[Mount]) -> None:
+    limit = 32 * MiB
+    for m in nodes:
+        (m.mnt / "shared").mkdir()
+    os.setxattr(nodes[0].mnt / "shared", "user.ironfs.max_bytes", str(limit).encode())
+    wait_for(lambda: all(int(os.getxattr(m.mnt / "shared", "user.ironfs.max_bytes")) == limit
+                         or _touch(m) for m in nodes), timeout=15)
+    stop = threading.Event()
+    results: list[dict[str, int]] = [{} for _ in range(NODES * 8)]
+    samples: list[int] = []
+    threads = [threading.Thread(target=writer, args=(nodes[i // 8].mnt, i, stop, results[i]))
+               for i in range(NODES * 8)]
+    first_refusal_at: list[int] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            total = sum(ledger(m.mnt, "shared")[0] for m in nodes)
+            samples.append(total)
+            assert grants_held(pg, "shared") <= limit
+            if any(r.get("refused") for r in results) and not first_refusal_at:
+                first_refusal_at.append(total)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    stop.set()
+    sampler.join()
+    used = [ledger(m.mnt, "shared")[0] for m in nodes]
+    print(f"limit {limit}; per node {used}; total {sum(used)} ({sum(used) / limit:.2%}); "
+          f"first refusal at {first_refusal_at}; max sampled {max(samples)}; "
+          f"refused {sum(r.get('refused', 0) for r in results)}")
+    assert max(samples) <= limit and sum(used) <= limit
+    assert sum(used) >= 0.99 * limit
+    for m in nodes:
+        assert ledger(m.mnt, "shared") == scan(m.backing, "shared")
+
+
+def _touch(m: Mount) -> bool:
+    """A write on a node makes it ask the cluster, and adopt its limits."""
+    probe = m.mnt / "shared" / "probe"
+    try:
+        probe.write_bytes(b"p")
+        probe.unlink()
+    except OSError:
+        pass
+    return False
