@@ -4,14 +4,17 @@ port, stopped in teardown."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from ironfs import clusterdb
 from ironfs.bench_s3 import free_port
 from tests.mounting import unavailable
 
@@ -64,3 +67,23 @@ class PostgreSQL:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def cluster_database() -> Iterator[PostgreSQL]:
+    """A PostgreSQL with the cluster's schema, destroyed afterwards (psycopg
+    missing: skipped, or failed in CI)."""
+    try:
+        import psycopg  # noqa: F401 (the "cluster" extra)
+    except ImportError:
+        unavailable("psycopg is not installed (pip install -e '.[cluster]')")
+    server = PostgreSQL()
+    try:
+        conn = clusterdb.connect(server.dsn)
+        try:
+            clusterdb.init_schema(conn)
+        finally:
+            conn.close()
+        yield server
+    finally:
+        server.destroy()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from ironfs import clusterdb
-from tests.mounting import Mount, ledger, scan, start_mount, unavailable, wait_for
-from tests.pgserver import PostgreSQL
+from tests.mounting import Mount, ledger, scan, start_mount, wait_for
+from tests.pgserver import PostgreSQL, cluster_database
 
 KiB, MiB = 1 << 10, 1 << 20
 NODES = 3
@@ -23,18 +23,8 @@ NODES = 3
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgreSQL]:
-    try:
-        import psycopg  # noqa: F401 (the "cluster" extra)
-    except ImportError:
-        unavailable("psycopg is not installed (pip install -e '.[cluster]')")
-    server = PostgreSQL()
-    try:
-        conn = clusterdb.connect(server.dsn)
-        clusterdb.init_schema(conn)
-        conn.close()
+    with cluster_database() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 @pytest.fixture

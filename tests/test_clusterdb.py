@@ -14,28 +14,15 @@ import pytest
 
 from ironfs import clusterdb, grants
 from ironfs.bench_s3 import free_port
-from tests.mounting import unavailable
-from tests.pgserver import PostgreSQL
+from tests.pgserver import PostgreSQL, cluster_database
 
 MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PostgreSQL]:
-    try:
-        import psycopg  # noqa: F401 (the "cluster" extra)
-    except ImportError:
-        unavailable("psycopg is not installed (pip install -e '.[cluster]')")
-    server = PostgreSQL()
-    try:
-        conn = clusterdb.connect(server.dsn)
-        try:
-            assert clusterdb.init_schema(conn) == 0
-        finally:
-            conn.close()
+    with cluster_database() as server:
         yield server
-    finally:
-        server.destroy()
 
 
 def test_schema_init_is_idempotent_and_refuses_a_newer_one(pg: PostgreSQL) -> None:
