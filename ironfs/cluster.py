@@ -88,6 +88,8 @@ class ClusterNode:
         self._stopping = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self.reachable = True
+        self.unsettled: set[Key] = set()  # the database may hold another grant or usage
+        self.reported: dict[Key, tuple[int, int]] = {}  # usage last written to the database
         # Limits an administrator set on this node, for the cluster (limits_changed).
         self._limits_in, self._limits_out = trio.open_memory_channel[Meter](1000)
 
@@ -161,12 +163,15 @@ class ClusterNode:
         # fills it.
         async with self._db:
             floor = self.grants.held.get(key, Grant(0, 0))
-            answer = await self._run(clusterdb.acquire, self.node, key[0], key[1], meter.used_bytes,
-                                     meter.objects, nbytes, nobjects, _limit_row(meter.limits), floor)
+            usage = meter.used_bytes, meter.objects
+            answer = await self._run(clusterdb.acquire, self.node, key[0], key[1], *usage,
+                                     nbytes, nobjects, _limit_row(meter.limits), floor)
             if answer is None:
                 return False
             grant, limits = answer
             self.grants.held[key] = grant
+            self.unsettled.discard(key)
+            self.reported[key] = usage
         if grant.bytes is not None:
             self.grants.headroom[key] = max(0, grant.bytes - meter.used_bytes - nbytes)
         self._adopt(meter, limits)
@@ -193,9 +198,27 @@ class ClusterNode:
         self._token = trio.lowlevel.current_trio_token()
         self._listener = threading.Thread(target=self._listen, name="ironfs-cluster-listen", daemon=True)
         self._listener.start()
+        await self._take_back_rows()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._publish_limits)
             await self._tend()
+
+    async def _take_back_rows(self) -> None:
+        """What the database says this node holds (from before a crash, or a
+        clean stop): kept until the buckets' usage is known, then settled."""
+        rows = await self._call(clusterdb.node_grants, self.node)
+        for row in rows or []:
+            key = (row.kind, row.name)
+            if row.kind == "bucket":
+                meter: Meter | None = self.ledger.get(row.name.encode())
+            else:
+                meter = self.ledger.accounts.get(row.name)
+            if meter is None:  # gone while stopped: nothing used, nothing held
+                await self._call(clusterdb.release, self.node, row.kind, row.name, 0, 0)
+                continue
+            self.meters[key] = meter
+            self.grants.held[key] = row.grant
+            self.unsettled.add(key)
 
     async def _publish_limits(self) -> None:
         async for meter in self._limits_out:
@@ -216,15 +239,25 @@ class ClusterNode:
             await trio.sleep(TICK)
             now = time.monotonic()
             for key, meter in list(self.meters.items()):
+                if self.ledger.is_scanning(meter):
+                    continue  # its usage is not known yet
                 grant = self.grants.held.get(key)
-                if grant is None or grant.bytes is None:
+                if grant is None:
                     continue
                 idle = now - self.grants.active.get(key, 0.0) > IDLE_AFTER
-                left = grant.bytes - meter.used_bytes
-                if idle and left > 0:
+                left = None if grant.bytes is None else grant.bytes - meter.used_bytes
+                if idle and (key in self.unsettled or (left is not None and left > 0)):
                     await self._release(key, meter)
-                elif not idle and left < REFILL_BELOW * self.grants.headroom.get(key, 0):
+                elif not idle and left is not None and left < REFILL_BELOW * self.grants.headroom.get(key, 0):
                     await self._acquire(key, meter)
+                elif self.reported.get(key) != (meter.used_bytes, meter.objects):
+                    await self._report(key, meter)
+
+    async def _report(self, key: Key, meter: Meter) -> None:
+        usage = meter.used_bytes, meter.objects
+        await self._call(clusterdb.report, self.node, key[0], key[1], *usage)
+        if self.reachable:
+            self.reported[key] = usage
 
     async def _release(self, key: Key, meter: Meter) -> None:
         """Give back what is not used.  The local grant falls first, so nothing
@@ -238,8 +271,12 @@ class ClusterNode:
             self.grants.held[key] = Grant(None if held.bytes is None else min(held.bytes, used),
                                           None if held.objects is None else min(held.objects, objects))
             grant = await self._run(clusterdb.release, self.node, key[0], key[1], used, objects)
-            if grant is not None:
-                self.grants.held[key] = grant
+            if grant is None:
+                self.unsettled.add(key)  # tried again on a later tick
+                return
+            self.grants.held[key] = grant
+            self.unsettled.discard(key)
+            self.reported[key] = used, objects
 
     def _listen(self) -> None:
         """LISTEN for limits and give-back requests (a thread of its own:

@@ -196,6 +196,21 @@ def _store(conn: psycopg.Connection[Any], node: str, kind: str, name: str, grant
         (kind, name, node, grant.bytes, grant.objects, used_bytes, used_objects))
 
 
+def report(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
+           used_bytes: int, used_objects: int) -> None:
+    """This node's usage of *kind*/*name*, on its flush (the grant unchanged)."""
+    with conn.transaction():
+        conn.execute(
+            """UPDATE ironfs_grants SET used_bytes = %s, used_objects = %s, updated = now()
+               WHERE kind = %s AND name = %s AND node = %s""",
+            (used_bytes, used_objects, kind, name, node))
+
+
+def node_grants(conn: psycopg.Connection[Any], node: str) -> list[Row]:
+    """What the database says *node* holds (a restarting node settles these)."""
+    return [r for r in grant_rows(conn) if r.node == node]
+
+
 def release_node(conn: psycopg.Connection[Any], node: str) -> int:
     """An administrator's release of a dead node's grants (``ironfs cluster
     release NODE``): each falls to the usage it last reported.  Only for a node

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ironfs import clusterdb
-from tests.mounting import Mount, ledger, scan, start_mount, wait_for
+from tests.mounting import Mount, clear_mount, ledger, scan, start_mount, wait_for
 from tests.pgserver import PostgreSQL, cluster_database
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -122,3 +123,104 @@ def _touch(m: Mount) -> bool:
     except OSError:
         pass
     return False
+
+
+def cluster_rows(pg: PostgreSQL, name: str) -> dict[str, clusterdb.Row]:
+    conn = clusterdb.connect(pg.dsn)
+    try:
+        return {r.node: r for r in clusterdb.grant_rows(conn) if r.name == name}
+    finally:
+        conn.close()
+
+
+def settled(pg: PostgreSQL, nodes: list[Mount], name: str) -> bool:
+    """Every node's usage in the database is its rescan, and no node holds more
+    than it uses (idle grants given back)."""
+    rows = cluster_rows(pg, name)
+    for i, m in enumerate(nodes):
+        row = rows.get(f"n{i}")
+        used = scan(m.backing, name)[0]
+        if row is None:
+            if used:
+                return False
+            continue
+        if row.used_bytes != used or (row.grant.bytes is not None and row.grant.bytes != used):
+            return False
+    return True
+
+
+def run_writers(nodes: list[Mount], per_node: int, seconds: float) -> list[dict[str, int]]:
+    stop = threading.Event()
+    results: list[dict[str, int]] = [{} for _ in range(len(nodes) * per_node)]
+    threads = [threading.Thread(target=writer, args=(nodes[i // per_node].mnt, i, stop, results[i]))
+               for i in range(len(nodes) * per_node)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_a_node_killed_mid_write_settles_when_it_restarts(pg: PostgreSQL, nodes: list[Mount],
+                                                          tmp_path: Path) -> None:
+    limit = 64 * MiB
+    for m in nodes:
+        (m.mnt / "killed").mkdir()
+    os.setxattr(nodes[0].mnt / "killed", "user.ironfs.max_bytes", str(limit).encode())
+    stop = threading.Event()
+    out: dict[str, int] = {}
+    victim = threading.Thread(target=writer_into, args=(nodes[1].mnt / "killed", stop, out))
+    victim.start()
+    time.sleep(1.5)
+    nodes[1].stop(signal.SIGKILL)  # mid-write: its grant stays in the database
+    stop.set()
+    victim.join(timeout=30)
+    clear_mount(nodes[1].mnt)
+    held = cluster_rows(pg, "killed")["n1"]
+    assert held.grant.bytes is not None and held.grant.bytes >= scan(nodes[1].backing, "killed")[0]
+    nodes[1] = start_mount(nodes[1].backing, nodes[1].mnt,
+                           options=[f"cluster={pg.dsn}", "node=n1", "flush_interval_ms=200"])
+    wait_for(lambda: settled(pg, nodes, "killed"), timeout=30)
+    rows = cluster_rows(pg, "killed")
+    assert sum(r.used_bytes for r in rows.values()) == sum(scan(m.backing, "killed")[0] for m in nodes)
+    for m in nodes:
+        assert ledger(m.mnt, "killed") == scan(m.backing, "killed")
+
+
+def writer_into(directory: Path, stop: threading.Event, out: dict[str, int]) -> None:
+    n = 0
+    while not stop.is_set():
+        try:
+            (directory / f"f{n}").write_bytes(b"k" * 200 * KiB)
+        except OSError:
+            return  # the mount is gone
+        n += 1
+
+
+def test_database_gone_fails_closed_and_settles_when_back(pg: PostgreSQL, nodes: list[Mount]) -> None:
+    limit = 256 * MiB
+    for m in nodes:
+        (m.mnt / "outage").mkdir()
+    os.setxattr(nodes[0].mnt / "outage", "user.ironfs.max_bytes", str(limit).encode())
+    for m in nodes:
+        (m.mnt / "outage" / "before").write_bytes(b"b" * 100 * KiB)
+    pg.stop("immediate")
+    try:
+        refused = 0
+        for m in nodes:  # within what each holds, writes go on; beyond it, refused
+            for n in range(400):
+                try:
+                    (m.mnt / "outage" / f"during{n}").write_bytes(b"d" * 1 * MiB)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    refused += 1
+                    break
+            (m.mnt / "outage" / "before").unlink()  # deletes always work
+        assert refused == NODES  # each node stopped at its grant, the database being gone
+        assert sum(ledger(m.mnt, "outage")[0] for m in nodes) <= limit
+    finally:
+        pg.start()
+    wait_for(lambda: settled(pg, nodes, "outage"), timeout=30)
+    assert sum(r.grant.bytes or 0 for r in cluster_rows(pg, "outage").values()) <= limit
