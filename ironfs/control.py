@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .config import Config
-from .ledger import Account, Bucket, Ledger, Limits
+from .ledger import Account, Bucket, Ledger, Limits, Meter
 from .reconcile import reconcile
 from .state import limits_doc, load_stats, name_from_json, name_to_json
 from .stats import COUNTERS, MONTH_PATTERN, StatsBook
@@ -84,8 +84,8 @@ class Control:
         # The daemon's reconcile, which scans beside the requests: (bucket names
         # or None for all, fix); None offline.
         self.live: Callable[[list[bytes] | None, bool], None] | None = None
-        # A cluster node publishes a bucket's limits set here to the other nodes.
-        self.limits_changed: Callable[[Bucket], None] | None = None
+        # A cluster node publishes limits set here to the other nodes.
+        self.limits_changed: Callable[[Meter], None] | None = None
 
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
@@ -221,6 +221,8 @@ class Control:
         else:
             account.set_limits(limits)
             self.ledger.accounts_dirty = True
+        if self.limits_changed is not None and set(doc) & set(LIMIT_FIELDS):
+            self.limits_changed(account)
         if members is not None:
             for bucket in [self.ledger.load(b) for b in list(account.buckets)]:
                 if bucket is not None and bucket not in members:

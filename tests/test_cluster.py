@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ironfs import clusterdb
@@ -50,13 +51,14 @@ def grants_held(pg: PostgreSQL, name: str) -> int:
         conn.close()
 
 
-def writer(mnt: Path, worker: int, stop: threading.Event, out: dict[str, int]) -> None:
+def writer(mnt: Path, worker: int, stop: threading.Event, out: dict[str, int],
+           bucket: str = "shared") -> None:
     """Files of 16-256 KiB, written whole; a refused one is removed (as an S3
     server removes a refused upload) and the next one is smaller."""
     rng = random.Random(worker)
     size, n = 256 * KiB, 0
     while not stop.is_set():
-        path = mnt / "shared" / f"w{worker}-{n}"
+        path = mnt / bucket / f"w{worker}-{n}"
         n += 1
         want = rng.randrange(16 * KiB, size + 1)
         try:
@@ -224,3 +226,38 @@ def test_database_gone_fails_closed_and_settles_when_back(pg: PostgreSQL, nodes:
         pg.start()
     wait_for(lambda: settled(pg, nodes, "outage"), timeout=30)
     assert sum(r.grant.bytes or 0 for r in cluster_rows(pg, "outage").values()) <= limit
+
+
+def test_one_account_over_buckets_on_different_nodes(pg: PostgreSQL, nodes: list[Mount]) -> None:
+    """Bucket team-<i> lives on node i only; account "team" holds all three."""
+    limit = 24 * MiB
+    for i, m in enumerate(nodes):
+        (m.mnt / f"team-{i}").mkdir()
+        doc = {"max_bytes": limit, "buckets": [f"team-{i}"]}
+        os.setxattr(m.mnt, "user.ironfs.account.team", orjson.dumps(doc))
+    stop = threading.Event()
+    results: list[dict[str, int]] = [{} for _ in range(NODES * 8)]
+    samples: list[int] = []
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append(sum(ledger(m.mnt, f"team-{i}")[0] for i, m in enumerate(nodes)))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=writer, args=(nodes[i // 8].mnt, i, stop, results[i],
+                                                     f"team-{i // 8}"))
+               for i in range(NODES * 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    stop.set()
+    sampler.join()
+    used = [ledger(m.mnt, f"team-{i}")[0] for i, m in enumerate(nodes)]
+    print(f"account limit {limit}; per node {used}; total {sum(used)} ({sum(used) / limit:.2%})")
+    assert max(samples) <= limit and sum(used) <= limit
+    assert sum(used) >= 0.99 * limit
+    for i, m in enumerate(nodes):
+        assert ledger(m.mnt, f"team-{i}") == scan(m.backing, f"team-{i}")
