@@ -40,14 +40,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"] or (argv[:1] in (["report"], ["stats"]) and "--cluster" in argv):
+        from .cluster_command import cluster_main
+
+        if argv[0] != "cluster":  # ironfs report|stats --cluster DSN …: the cluster's figures
+            argv = ["cluster", argv[0], *["--dsn" if a == "--cluster" else a for a in argv[1:]]]
+        return cluster_main(argv[1:])
     if argv[:1] == ["stats"]:
         from .stats_command import stats_main
 
         return stats_main(argv[1:])
-    if argv[:1] == ["cluster"]:
-        from .cluster_command import cluster_main
-
-        return cluster_main(argv[1:])
     if argv[:1] == ["bench"]:
         from .bench import bench_main
 

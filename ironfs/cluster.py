@@ -23,6 +23,7 @@ import trio
 from . import clusterdb
 from .clusterdb import Grant, LimitRow
 from .ledger import Bucket, Ledger, Limits, Meter, QuotaExceeded
+from .stats import MonthCounters, StatsBook
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ REFILL_BELOW = 0.25
 IDLE_AFTER = 2.0
 #: The background loop's period (refills, releases, usage reports).
 TICK = 0.2
+#: Monthly counters go to the database every this many ticks.
+COUNTERS_EVERY = 5
 
 Key = tuple[str, str]  # ("bucket" or "account", name)
 
@@ -76,10 +79,12 @@ def _limit_row(limits: Limits) -> LimitRow:
 
 
 class ClusterNode:
-    def __init__(self, dsn: str, node: str, ledger: Ledger) -> None:
+    def __init__(self, dsn: str, node: str, ledger: Ledger, book: StatsBook) -> None:
         self.dsn = dsn
         self.node = node
         self.ledger = ledger
+        self.book = book
+        book.cluster_touched = set()
         self.grants = Grants()
         self.meters: dict[Key, Meter] = {}
         self._conn: Any = None  # psycopg.Connection, used by one worker thread at a time
@@ -90,6 +95,8 @@ class ClusterNode:
         self.reachable = True
         self.unsettled: set[Key] = set()  # the database may hold another grant or usage
         self.reported: dict[Key, tuple[int, int]] = {}  # usage last written to the database
+        # Monthly counters last written, per bucket name: the month's object and its values.
+        self.counted: dict[str, tuple[MonthCounters, tuple[int, ...]]] = {}
         # Limits an administrator set on this node, for the cluster (limits_changed).
         self._limits_in, self._limits_out = trio.open_memory_channel[Meter](1000)
 
@@ -235,8 +242,12 @@ class ClusterNode:
             log.error("cluster: %s %s: limits not published (queue full)", meter.kind, meter.display_name)
 
     async def _tend(self) -> None:
+        ticks = 0
         while True:
             await trio.sleep(TICK)
+            ticks += 1
+            if ticks % COUNTERS_EVERY == 0:
+                await self._report_counters()
             now = time.monotonic()
             for key, meter in list(self.meters.items()):
                 if self.ledger.is_scanning(meter):
@@ -252,6 +263,30 @@ class ClusterNode:
                     await self._acquire(key, meter)
                 elif self.reported.get(key) != (meter.used_bytes, meter.objects):
                     await self._report(key, meter)
+
+    async def _report_counters(self) -> None:
+        """The monthly counters of the buckets that counted something since the
+        last report (and the final figures of a month that just ended)."""
+        assert self.book.cluster_touched is not None
+        touched, self.book.cluster_touched = self.book.cluster_touched, set()
+        rows: list[tuple[str, str, dict[str, int]]] = []
+        written: dict[str, tuple[MonthCounters, tuple[int, ...]]] = {}
+        for bucket in touched:
+            current = bucket.stats
+            if current is None:
+                continue
+            name = bucket.display_name
+            last = self.counted.get(name)
+            if last is not None and last[0] is not current and tuple(last[0].values) != last[1]:
+                rows.append((name, last[0].month, last[0].as_dict()))
+            rows.append((name, current.month, current.as_dict()))
+            written[name] = current, tuple(current.values)
+        if rows:
+            await self._call(clusterdb.report_counters, self.node, rows)
+            if self.reachable:
+                self.counted.update(written)
+            else:  # again next time
+                self.book.cluster_touched |= touched
 
     async def _report(self, key: Key, meter: Meter) -> None:
         usage = meter.used_bytes, meter.objects
@@ -315,7 +350,8 @@ class ClusterNode:
             await self._acquire(key, meter)
 
     async def stop(self) -> None:
-        """A clean stop: give back everything beyond the usage."""
+        """A clean stop: the last counters, and everything beyond the usage given back."""
+        await self._report_counters()
         for key, meter in list(self.meters.items()):
             await self._release(key, meter)
         self._stopping.set()

@@ -45,6 +45,13 @@ _SCHEMA = [
            used_objects bigint NOT NULL DEFAULT 0,
            updated timestamptz NOT NULL DEFAULT now(),
            PRIMARY KEY (kind, name, node))""",
+    """CREATE TABLE IF NOT EXISTS ironfs_counters (
+           node text NOT NULL,
+           bucket text NOT NULL,
+           month text NOT NULL,
+           counters jsonb NOT NULL,
+           updated timestamptz NOT NULL DEFAULT now(),
+           PRIMARY KEY (node, bucket, month))""",
 ]
 
 #: NOTIFY channels: a limit changed ("kind/name"), a node asks the others to
@@ -204,6 +211,37 @@ def report(conn: psycopg.Connection[Any], node: str, kind: str, name: str,
             """UPDATE ironfs_grants SET used_bytes = %s, used_objects = %s, updated = now()
                WHERE kind = %s AND name = %s AND node = %s""",
             (used_bytes, used_objects, kind, name, node))
+
+
+def report_counters(conn: psycopg.Connection[Any], node: str,
+                    rows: list[tuple[str, str, dict[str, int]]]) -> None:
+    """This node's monthly counters: (bucket, month, counters) each."""
+    from psycopg.types.json import Jsonb
+
+    with conn.transaction():
+        for bucket, month, counters in rows:
+            conn.execute(
+                """INSERT INTO ironfs_counters (node, bucket, month, counters, updated)
+                   VALUES (%s, %s, %s, %s, now())
+                   ON CONFLICT (node, bucket, month) DO UPDATE SET
+                       counters = excluded.counters, updated = now()""",
+                (node, bucket, month, Jsonb(counters)))
+
+
+def counter_rows(conn: psycopg.Connection[Any], month: str) -> list[tuple[str, str, dict[str, int]]]:
+    """(bucket, node, counters) of every node for *month*."""
+    with conn.transaction():
+        rows = conn.execute(
+            """SELECT bucket, node, counters FROM ironfs_counters WHERE month = %s
+               ORDER BY bucket, node""", (month,)).fetchall()
+    return [(r[0], r[1], dict(r[2])) for r in rows]
+
+
+def limit_rows(conn: psycopg.Connection[Any]) -> dict[tuple[str, str], LimitRow]:
+    with conn.transaction():
+        rows = conn.execute("SELECT kind, name, max_bytes, max_objects, grace_bytes FROM ironfs_limits"
+                            ).fetchall()
+    return {(r[0], r[1]): LimitRow(r[2], r[3], r[4]) for r in rows}
 
 
 def node_grants(conn: psycopg.Connection[Any], node: str) -> list[Row]:

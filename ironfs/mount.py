@@ -129,7 +129,7 @@ async def _serve(cfg: Config, ops: IronFS, store: StateStore, metrics: Metrics,
         nursery.cancel_scope.cancel()
 
 
-def join_cluster(cfg: Config, ledger: Ledger) -> ClusterNode:
+def join_cluster(cfg: Config, ledger: Ledger, book: StatsBook) -> ClusterNode:
     """This mount as a node of the cluster in *cfg.cluster*: the database must
     answer and hold the schema before the mount serves anything."""
     assert cfg.cluster is not None
@@ -145,7 +145,7 @@ def join_cluster(cfg: Config, ledger: Ledger) -> ClusterNode:
         raise ConfigError(f"cluster: {str(e).strip()}") from None
     finally:
         conn.close()
-    node = ClusterNode(cfg.cluster, cfg.node, ledger)
+    node = ClusterNode(cfg.cluster, cfg.node, ledger, book)
     ledger.gate = node.grants
     log.info("cluster node %s", cfg.node)
     return node
@@ -174,7 +174,7 @@ def run(cfg: Config) -> None:
         store.evicting = cfg.bucket_cache is not None
         ops = IronFS(cfg, ledger, store)
         if cfg.cluster is not None:
-            ops.cluster = join_cluster(cfg, ledger)
+            ops.cluster = join_cluster(cfg, ledger, book)
             ops.control.limits_changed = ops.cluster.limits_changed
         ledger.loader = functools.partial(reload_bucket, cfg, ledger, book,
                                           scan_beside=ops.work.scan_bucket)

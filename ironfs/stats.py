@@ -49,6 +49,8 @@ class StatsBook:
         self.closed: list[tuple[Bucket, MonthCounters]] = []
         self._month: tuple[float, str, float] = (0.0, "", 0.0)  # start, name, end
         self.touched: set[Bucket] = set()  # buckets whose counters changed since take_touched
+        # The same for a cluster node's reports to the database (None: not one).
+        self.cluster_touched: set[Bucket] | None = None
 
     def take_touched(self) -> set[Bucket]:
         touched, self.touched = self.touched, set()
@@ -89,6 +91,8 @@ class StatsBook:
         counters.values[counter] += n
         counters.dirty = True
         self.touched.add(bucket)
+        if self.cluster_touched is not None:
+            self.cluster_touched.add(bucket)
 
     def _roll(self, bucket: Bucket, old: MonthCounters | None) -> MonthCounters:
         if old is not None and old.dirty:

@@ -7,6 +7,8 @@ import errno
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -114,6 +116,29 @@ def test_one_limit_across_three_nodes_is_never_overshot(pg: PostgreSQL, nodes: l
     assert sum(used) >= 0.99 * limit
     for m in nodes:
         assert ledger(m.mnt, "shared") == scan(m.backing, "shared")
+    # The cluster's figures: usage and counters of every node, in the database.
+    wait_for(lambda: settled(pg, nodes, "shared"), timeout=30)
+    report = orjson.loads(ironfs("report", "--cluster", pg.dsn, "--json"))
+    shared = next(d for d in report if d["name"] == "shared")
+    assert (shared["used_bytes"], shared["max_bytes"]) == (sum(used), limit)
+    assert {n: d["used_bytes"] for n, d in shared["nodes"].items()} == {
+        f"n{i}": u for i, u in enumerate(used)}
+    local = [orjson.loads(os.getxattr(m.mnt / "shared", "user.ironfs.stats")) for m in nodes]
+    wait_for(lambda: _cluster_puts(pg) == sum(s["put_count"] for s in local), timeout=10)
+    stats = next(d for d in orjson.loads(ironfs("stats", "--cluster", pg.dsn, "--json"))
+                 if d["bucket"] == "shared")
+    for name in ("put_count", "delete_count", "bytes_written", "quota_rejections"):
+        assert stats["total"][name] == sum(s[name] for s in local), name
+
+
+def ironfs(*args: str) -> bytes:
+    return subprocess.run([sys.executable, "-m", "ironfs", *args], check=True,
+                          capture_output=True, timeout=60).stdout
+
+
+def _cluster_puts(pg: PostgreSQL) -> int:
+    stats = orjson.loads(ironfs("stats", "--cluster", pg.dsn, "--json"))
+    return sum(d["total"].get("put_count", 0) for d in stats if d["bucket"] == "shared")
 
 
 def _touch(m: Mount) -> bool:
