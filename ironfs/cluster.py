@@ -216,10 +216,7 @@ class ClusterNode:
         rows = await self._call(clusterdb.node_grants, self.node)
         for row in rows or []:
             key = (row.kind, row.name)
-            if row.kind == "bucket":
-                meter: Meter | None = self.ledger.get(row.name.encode())
-            else:
-                meter = self.ledger.accounts.get(row.name)
+            meter = self._local_meter(key)
             if meter is None:  # gone while stopped: nothing used, nothing held
                 await self._call(clusterdb.release, self.node, row.kind, row.name, 0, 0)
                 continue
@@ -341,13 +338,23 @@ class ClusterNode:
 
     async def _on_notice(self, channel: str, key: Key) -> None:
         meter = self.meters.get(key)
-        if meter is None:
-            return
         if channel == clusterdb.SHRINK_CHANNEL:
-            await self._release(key, meter)
-        else:  # a limit changed: ask again under it (a lower one may take headroom away)
-            self.grants.held.pop(key, None)
-            await self._acquire(key, meter)
+            if meter is not None:
+                await self._release(key, meter)
+            return
+        if meter is None:  # a limit of a bucket or account held nowhere here yet: shown
+            local = self._local_meter(key)
+            row = await self._call(clusterdb.limits_of, *key) if local is not None else None
+            if local is not None and row is not None:
+                self._adopt(local, row)
+            return
+        self.grants.held.pop(key, None)  # a limit changed: ask again under it
+        await self._acquire(key, meter)
+
+    def _local_meter(self, key: Key) -> Meter | None:
+        if key[0] == "bucket":
+            return self.ledger.get(key[1].encode())
+        return self.ledger.accounts.get(key[1])
 
     async def stop(self) -> None:
         """A clean stop: the last counters, and everything beyond the usage given back."""

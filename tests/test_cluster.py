@@ -286,3 +286,21 @@ def test_one_account_over_buckets_on_different_nodes(pg: PostgreSQL, nodes: list
     assert sum(used) >= 0.99 * limit
     for i, m in enumerate(nodes):
         assert ledger(m.mnt, f"team-{i}") == scan(m.backing, f"team-{i}")
+
+
+def test_a_limit_set_on_one_node_reaches_the_others_within_a_second(pg: PostgreSQL,
+                                                                  nodes: list[Mount]) -> None:
+    for m in nodes:
+        (m.mnt / "announced").mkdir()
+    os.setxattr(nodes[2].mnt / "announced", "user.ironfs.max_bytes", b"5MiB")
+    started = time.monotonic()
+    wait_for(lambda: all(os.getxattr(m.mnt / "announced", "user.ironfs.max_bytes") == b"5242880"
+                         for m in nodes), timeout=5)
+    took = time.monotonic() - started
+    print(f"limit on every node after {took:.3f} s")
+    assert took < 1.0
+    with pytest.raises(OSError) as refused:  # and it holds for the sum over the nodes
+        for i, m in enumerate(nodes):
+            (m.mnt / "announced" / f"f{i}").write_bytes(b"a" * 2 * MiB)
+    assert refused.value.errno == errno.ENOSPC
+    assert sum(ledger(m.mnt, "announced")[0] for m in nodes) <= 5 * MiB
