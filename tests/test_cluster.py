@@ -7,6 +7,7 @@ import errno
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -304,3 +305,78 @@ def test_a_limit_set_on_one_node_reaches_the_others_within_a_second(pg: PostgreS
             (m.mnt / "announced" / f"f{i}").write_bytes(b"a" * 2 * MiB)
     assert refused.value.errno == errno.ENOSPC
     assert sum(ledger(m.mnt, "announced")[0] for m in nodes) <= 5 * MiB
+
+
+class SlowLink:
+    """A TCP proxy to PostgreSQL that holds every chunk for *delay* seconds."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.upstream, self.delay = port, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.closing = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(self.delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closing = True
+        self.server.close()
+
+
+def small_files(directory: Path, count: int) -> float:
+    started = time.perf_counter()
+    for n in range(count):
+        (directory / f"s{n}").write_bytes(b"s" * 4096)
+    return time.perf_counter() - started
+
+
+def test_a_slow_link_does_not_slow_writes_that_fit_the_grant(pg: PostgreSQL, nodes: list[Mount],
+                                                            tmp_path: Path) -> None:
+    link = SlowLink(pg.port, 0.1)  # 100 ms each way: 200 ms and more per transaction
+    slow = None
+    try:
+        slow = start_mount(tmp_path / "backing-slow", tmp_path / "mnt-slow",
+                           options=[f"cluster=postgresql://ironfs@127.0.0.1:{link.port}/postgres",
+                                    "node=slow", "flush_interval_ms=200"])
+        for m in (nodes[0], slow):
+            (m.mnt / "roomy").mkdir()
+        os.setxattr(nodes[0].mnt / "roomy", "user.ironfs.max_bytes", b"4GiB")
+        wait_for(lambda: os.getxattr(slow.mnt / "roomy", "user.ironfs.max_bytes") == b"4294967296",
+                 timeout=10)
+        for m in (nodes[0], slow):  # the first write asks for a grant: slow on the slow link
+            (m.mnt / "roomy" / "warm").write_bytes(b"w" * 4096)
+        fast_s, slow_s = [], []
+        for _ in range(3):  # alternating, on this noisy machine
+            fast_s.append(small_files(nodes[0].mnt / "roomy", 300))
+            slow_s.append(small_files(slow.mnt / "roomy", 300))
+        ratio = min(slow_s) / min(fast_s)
+        print(f"300 small files: direct link {min(fast_s):.3f} s, slow link {min(slow_s):.3f} s "
+              f"(ratio {ratio:.2f})")
+        assert ratio < 1.5 and min(slow_s) < 300 * 0.2  # far from a transaction per write
+    finally:
+        if slow is not None:
+            slow.stop()
+        link.close()
