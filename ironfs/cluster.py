@@ -39,6 +39,8 @@ TICK = 0.2
 COUNTERS_EVERY = 5
 
 Key = tuple[str, str]  # ("bucket" or "account", name)
+#: Not a channel: the listener (re)connected, limits may have changed unheard.
+RESYNC = ""
 
 
 class NeedGrant(QuotaExceeded):
@@ -192,6 +194,8 @@ class ClusterNode:
             return
         limits = Limits(max_bytes=row.max_bytes, max_objects=row.max_objects,
                         grace_bytes=row.grace_bytes, soft_bytes=old.soft_bytes)
+        log.info("%s %s: the cluster's limits (max_bytes %s, max_objects %s, grace_bytes %s)",
+                 meter.kind, meter.display_name, row.max_bytes, row.max_objects, row.grace_bytes)
         if isinstance(meter, Bucket):
             self.ledger.set_limits(meter, limits)
         else:
@@ -320,6 +324,7 @@ class ClusterNode:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {clusterdb.LIMITS_CHANNEL}")
                     conn.execute(f"LISTEN {clusterdb.SHRINK_CHANNEL}")
+                    self._heard(RESYNC, "/")  # what was said while nobody listened
                     while not self._stopping.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._heard(note.channel, note.payload)
@@ -337,6 +342,9 @@ class ClusterNode:
             pass
 
     async def _on_notice(self, channel: str, key: Key) -> None:
+        if channel == RESYNC:
+            await self._resync_limits()
+            return
         meter = self.meters.get(key)
         if channel == clusterdb.SHRINK_CHANNEL:
             if meter is not None:
@@ -350,6 +358,14 @@ class ClusterNode:
             return
         self.grants.held.pop(key, None)  # a limit changed: ask again under it
         await self._acquire(key, meter)
+
+    async def _resync_limits(self) -> None:
+        """Every limit the cluster holds, for the buckets and accounts here."""
+        rows = await self._call(clusterdb.limit_rows)
+        for key, row in (rows or {}).items():
+            local = self._local_meter(key)
+            if local is not None:
+                self._adopt(local, row)
 
     def _local_meter(self, key: Key) -> Meter | None:
         if key[0] == "bucket":
