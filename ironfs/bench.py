@@ -285,7 +285,8 @@ def bucket_memory(count: int = 20_000) -> float:
 class Mounted:
     """A throw-away ironfs over *backing* at *mnt*, unmounted whatever happens."""
 
-    def __init__(self, backing: Path, mnt: Path, log: Path, profile: str = "generic") -> None:
+    def __init__(self, backing: Path, mnt: Path, log: Path, profile: str = "generic",
+                 options: str = "bucket_quota_bytes=none") -> None:
         backing.mkdir(parents=True)
         mnt.mkdir(parents=True)
         self.mnt = mnt
@@ -294,7 +295,7 @@ class Mounted:
             self.metrics = f"127.0.0.1:{s.getsockname()[1]}"
         self.proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "ironfs", str(backing), str(mnt), "-o",
-             f"bucket_quota_bytes=none,metrics={self.metrics},profile={profile}",
+             f"{options},metrics={self.metrics},profile={profile}",
              "--log-level", "warning"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -340,32 +341,49 @@ def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
     ]
 
 
-def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic") -> dict[str, Any]:
+def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic",
+        cluster: str | None = None) -> dict[str, Any]:
+    """Raw and ironfs alternating; with *cluster* (a DSN), a third side: a mount
+    that is a cluster node, beside a plain one with the same (large) limits."""
     scratch = Path(tempfile.mkdtemp(prefix="ironfs-bench-", dir=base))
     results: dict[str, dict[str, list[float]]] = {}
     units: dict[str, str] = {}
-    mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log", profile)
+    limits = "bucket_quota_bytes=1TiB" if cluster else "bucket_quota_bytes=none"
+    mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log", profile, limits)
+    node = None
     try:
+        sides = [("raw", scratch / "raw"), ("ironfs", mounted.mnt)]
+        if cluster:
+            node = Mounted(scratch / "backing-node", scratch / "mnt-node", scratch / "node.log",
+                           profile, f"{limits},cluster={cluster},node=bench")
+            sides.append(("cluster", node.mnt))
         for _ in range(sizes.rounds):
             for tag, unit, fn in workloads(sizes):
-                for side, root in (("raw", scratch / "raw"), ("ironfs", mounted.mnt)):
+                for side, root in sides:
                     d = root / f"bench-{tag}"
                     d.mkdir(parents=True)
                     for name, value in fn(d).items():
-                        results.setdefault(name, {"raw": [], "ironfs": []})[side].append(value)
+                        results.setdefault(name, {s: [] for s, _ in sides})[side].append(value)
                         units[name] = unit
                     shutil.rmtree(d)
-        requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 else {}
+        requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 and not cluster else {}
         beside = scan_beside(scratch / "backing", mounted.mnt, sizes.scan_objects)
     finally:
         mounted.close()
+        if node is not None:
+            node.close()
     rows: list[dict[str, Any]] = []
     report = {"workloads": rows, "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
               "rounds": sizes.rounds, "fuse_requests": requests, "beside_a_scan": beside}
-    for name, sides in results.items():
-        raw, iron = statistics.median(sides["raw"]), statistics.median(sides["ironfs"])
-        rows.append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
-                                    "ratio": iron / raw if raw else 0.0})
+    for name, by_side in results.items():
+        raw, iron = statistics.median(by_side["raw"]), statistics.median(by_side["ironfs"])
+        row = {"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
+               "ratio": iron / raw if raw else 0.0}
+        if by_side.get("cluster"):
+            node_value = statistics.median(by_side["cluster"])
+            row["cluster"] = node_value
+            row["cluster_vs_plain"] = node_value / iron if iron else 0.0
+        rows.append(row)
     shutil.rmtree(scratch, ignore_errors=True)
     return report
 
@@ -391,10 +409,14 @@ def s3_rows(scratch: Path, mounted: Mounted, sizes: Sizes, results: dict[str, An
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")]
+    node = any("cluster" in w for w in report["workloads"])
+    rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")
+            + (("cluster node", "node/ironfs") if node else ())]
     for w in report["workloads"]:
-        rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}")
+                    + ((f"{w['cluster']:,.0f}", f"{w['cluster_vs_plain']:.3f}") if node else ()))
+    columns = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(r, widths, strict=True)))
            for r in rows]
@@ -421,12 +443,15 @@ def bench_main(argv: list[str]) -> int:
     p.add_argument("--no-s3", action="store_true", help="skip the rclone/boto3 rows")
     p.add_argument("--profile", default="generic", choices=sorted(PROFILES),
                    help="the mount's server profile (default: generic)")
+    p.add_argument("--cluster", metavar="DSN",
+                   help="also a mount that is a node of the cluster at DSN (schema initialised), "
+                        "against a plain one with the same limits (1 TiB buckets); no S3 rows")
     args = p.parse_args(argv)
     if not os.path.isdir(args.backing):
         print(f"ironfs bench: {args.backing}: not a directory", file=sys.stderr)
         return 1
     report = run(Path(args.backing), QUICK if args.quick else FULL, with_s3=not args.no_s3,
-                 profile=args.profile)
+                 profile=args.profile, cluster=args.cluster)
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
                      if args.json else table(report) + "\n")
     return 0
