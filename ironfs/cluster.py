@@ -35,7 +35,7 @@ REFILL_BELOW = 0.25
 IDLE_AFTER = 2.0
 #: The background loop's period (refills, releases, usage reports).
 TICK = 0.2
-#: Monthly counters go to the database every this many ticks.
+#: Usage and monthly counters go to the database every this many ticks.
 COUNTERS_EVERY = 5
 
 Key = tuple[str, str]  # ("bucket" or "account", name)
@@ -262,7 +262,8 @@ class ClusterNode:
                     await self._release(key, meter)
                 elif not idle and left is not None and left < REFILL_BELOW * self.grants.headroom.get(key, 0):
                     await self._acquire(key, meter)
-                elif self.reported.get(key) != (meter.used_bytes, meter.objects):
+                elif ticks % COUNTERS_EVERY == 0 and self.reported.get(key) != (meter.used_bytes,
+                                                                                meter.objects):
                     await self._report(key, meter)
 
     async def _report_counters(self) -> None:

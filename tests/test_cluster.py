@@ -375,7 +375,8 @@ def test_a_slow_link_does_not_slow_writes_that_fit_the_grant(pg: PostgreSQL, nod
         ratio = min(slow_s) / min(fast_s)
         print(f"300 small files: direct link {min(fast_s):.3f} s, slow link {min(slow_s):.3f} s "
               f"(ratio {ratio:.2f})")
-        assert ratio < 1.5 and min(slow_s) < 300 * 0.2  # far from a transaction per write
+        # A transaction per write would take 60 s; noise on this 2-core VM is up to 2x.
+        assert ratio < 2.0 and min(slow_s) < 300 * 0.2 / 20
     finally:
         if slow is not None:
             slow.stop()
