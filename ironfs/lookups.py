@@ -12,6 +12,7 @@ No pyfuse3, no trio; the time comes from the caller.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 
 from .inodes import Node
@@ -78,13 +79,17 @@ class Lookups:
         # Objects looked up and not yet matched to another request: their units,
         # oldest first (one per lookup when the profile counts stats per request).
         self.units: dict[Node, list[Unit]] = {}
-        self.sweeps: list[Sweep] = []
+        self.sweeps: list[Sweep] = []  # in the order they started
+        self.latest: dict[Node, Sweep] = {}  # each directory's latest sweep (list_gap)
 
     def seen(self, node: Node, now: float) -> bool:
         """Keeps *node*'s latest sweep going; whether it has a unit."""
         units = self.units.get(node)
         if units:
-            units[-1].sweep.last_seen = now
+            sweep = units[-1].sweep
+            sweep.last_seen = now
+            if self.profile.list_gap:
+                self.latest[sweep.directory] = sweep  # the one a sweep goes on with
         return bool(units)
 
     def add(self, bucket: Bucket, node: Node, now: float) -> None:
@@ -94,22 +99,21 @@ class Lookups:
         self.units.setdefault(node, []).append(Unit(sweep))
 
     def _sweep_for(self, bucket: Bucket, node: Node, now: float) -> Sweep:
-        """The sweep *node*'s lookup continues (one of its directory, last seen
-        within the profile's list_gap, not holding it yet), or a new one."""
+        """The sweep *node*'s lookup continues (its directory's latest, last
+        seen within the profile's list_gap, not holding it yet), or a new one."""
+        directory = node.parent
+        assert directory is not None  # an object has a directory
         gap = self.profile.list_gap
-        best: Sweep | None = None
         if gap:
-            for sweep in self.sweeps:
-                if (sweep.directory is node.parent and now - sweep.last_seen <= gap
-                        and node not in sweep.members
-                        and (best is None or sweep.last_seen > best.last_seen)):
-                    best = sweep
-        if best is None:
-            assert node.parent is not None  # an object has a directory
-            best = Sweep(bucket, node.parent, now)
-            self.sweeps.append(best)
-        best.last_seen = now
-        return best
+            sweep = self.latest.get(directory)
+            if sweep is not None and now - sweep.last_seen <= gap and node not in sweep.members:
+                sweep.last_seen = now
+                return sweep
+        sweep = Sweep(bucket, directory, now)
+        self.sweeps.append(sweep)
+        if gap:
+            self.latest[directory] = sweep
+        return sweep
 
     def hashing(self, node: Node, stats: int) -> None:
         """The server hashes *node* after *stats* stats of it: those are one
@@ -178,25 +182,45 @@ class Lookups:
             elif sweep.members:
                 ready.append(sweep)
         held: set[int] = set()
+        starts = [s.first_seen for s in waiting]
         for chain in self._chains(ready):
-            if any(self._may_continue(chain[-1], later) for later in waiting):
+            if self._still_open(chain, waiting, starts):
                 held.update(map(id, chain))  # a fragment of it is still open
                 continue
             done.append(self._close(chain, now))
         self.sweeps = [s for s in self.sweeps if id(s) in held] + waiting
+        if self.profile.list_gap:
+            self.latest = {s.directory: s for s in self.sweeps}
         return done
+
+    def _still_open(self, chain: list[Sweep], waiting: list[Sweep], starts: list[float]) -> bool:
+        """Whether a sweep not due yet may go on *chain* (*starts*: the waiting
+        sweeps' first_seen, ascending)."""
+        gap = self.profile.list_merge_gap
+        if not gap:
+            return False
+        last = chain[-1]
+        i = bisect.bisect_left(starts, last.last_seen - HEAD_WAIT)
+        return any(self._may_continue(last, later, chain) for later in waiting[i:]
+                   if later.first_seen - last.last_seen <= gap)
 
     def _chains(self, sweeps: list[Sweep]) -> list[list[Sweep]]:
         """*sweeps* (in the order they started) joined into LISTs: a server
         descheduled in the middle of one makes a gap longer than list_gap, but
         what follows is still the same directory's other objects."""
+        gap = self.profile.list_merge_gap
+        if not gap:
+            return [[sweep] for sweep in sweeps]
         chains: list[list[Sweep]] = []
+        recent: list[list[Sweep]] = []  # chains a later sweep may still go on
         for sweep in sweeps:
-            going = [c for c in chains if self._may_continue(c[-1], sweep, c)]
+            recent = [c for c in recent if sweep.first_seen - c[-1].last_seen <= gap]
+            going = [c for c in recent if self._may_continue(c[-1], sweep, c)]
             if going:
                 max(going, key=lambda c: c[-1].last_seen).append(sweep)
             else:
                 chains.append([sweep])
+                recent.append(chains[-1])
         return chains
 
     def _may_continue(self, last: Sweep, later: Sweep, chain: list[Sweep] | None = None) -> bool:
