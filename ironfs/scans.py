@@ -67,9 +67,12 @@ class Scans:
                 scan = running.scan
                 scan.starting_chunk()
                 chunk = await trio.to_thread.run_sync(scan.read_chunk)
-                if chunk is None:
+                if chunk is not None:
+                    scan.add(chunk)
+                elif not scan.restart and not scan.queue:
+                    # (a rename during that last read may have asked for a
+                    # restart, or queued a directory to walk again: not done)
                     return scan
-                scan.add(chunk)
                 if scan.restart:
                     log.info("%s: a directory became hidden or visible during its scan; "
                              "scanning it again", os.fsdecode(os.readlink(path)))

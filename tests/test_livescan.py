@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from ironfs.livescan import Chunk
+from ironfs.rules import PROFILES
+from ironfs.scans import Scans
 from tests.mounting import Mount, assert_invariant, ledger, reconcile_via_xattr, start_mount
 
 BUSY = 40_000  # objects: a scan of them takes a good fraction of a second
@@ -190,3 +193,47 @@ def test_publishing_a_big_staged_directory_is_exact_and_stalls_nothing(big: Moun
     print(f"publishing 30,000 staged objects: {seconds:.2f}s; p99 lookup elsewhere {p99 * 1e3:.1f} ms")
     assert p99 < 0.1  # counted on the loop, a lookup waited for the whole count
     assert_invariant(big, "busy")
+
+
+class _Profiled:
+    profile = PROFILES["generic"]
+
+
+async def test_a_rename_during_the_last_read_is_not_lost(tmp_path: Path) -> None:
+    """A directory renamed into the tree (or made hidden) while the worker reads
+    what turns out to be the end: the scan is not done yet."""
+    top = tmp_path / "bucket"
+    (top / "a").mkdir(parents=True)
+    (top / "a" / "f").write_bytes(b"1" * 10)
+    scans = Scans(_Profiled())  # type: ignore[arg-type]  (only the profile is used)
+    running = scans.start(os.fsencode(top))
+    first = running.scan
+    real_read = first.read_chunk
+
+    def read_then_rename() -> Chunk | None:
+        chunk = real_read()
+        if chunk is None and not (top / "moved").exists():
+            (tmp_path / "elsewhere").mkdir()
+            (tmp_path / "elsewhere" / "g").write_bytes(b"2" * 20)
+            os.rename(tmp_path / "elsewhere", top / "moved")  # as a request would, then:
+            first.dir_moved(b"moved", False, False)
+        return chunk
+
+    first.read_chunk = read_then_rename  # type: ignore[method-assign]
+    scan = await scans.finish(running)
+    assert (scan.used_bytes, scan.objects) == (30, 2)
+
+    running = scans.start(os.fsencode(top))
+    second = running.scan
+    real_read = second.read_chunk
+
+    def read_then_hide() -> Chunk | None:
+        chunk = real_read()
+        if chunk is None and (top / "moved").exists():
+            os.rename(top / "moved", top / ".moved")
+            second.dir_moved(b".moved", True, True)  # hidden now: its objects do not count
+        return chunk
+
+    second.read_chunk = read_then_hide  # type: ignore[method-assign]
+    scan = await scans.finish(running)
+    assert (scan.used_bytes, scan.objects) == (30, 1)
