@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -78,29 +79,36 @@ def writer(mnt: Path, worker: int, stop: threading.Event, out: dict[str, int],
             size //= 2
 
 
-def test_one_limit_across_three_nodes_is_never_overshot(pg: PostgreSQL, nodes: list[Mount]) -> None:
-    limit = 32 * MiB
-    for m in nodes:
-        (m.mnt / "shared").mkdir()
-    os.setxattr(nodes[0].mnt / "shared", "user.ironfs.max_bytes", str(limit).encode())
-    wait_for(lambda: all(int(os.getxattr(m.mnt / "shared", "user.ironfs.max_bytes")) == limit
-                         or _touch(m) for m in nodes), timeout=15)
+@dataclass
+class Fill:
+    used: list[int]  # per node, at the end
+    highest: int  # the highest total usage sampled while writing
+    most_held: int  # the most the nodes held in grants, sampled (0 if not sampled)
+    first_refusal_at: int  # the total sampled when a refusal was first seen
+
+
+def fill(pg: PostgreSQL, nodes: list[Mount], buckets: list[str], grants_of: str | None) -> Fill:
+    """Eight writers per node into buckets[i] on node i until each is refused
+    at its smallest size; the total usage (and the grants held for *grants_of*)
+    sampled every 20 ms meanwhile."""
     stop = threading.Event()
-    results: list[dict[str, int]] = [{} for _ in range(NODES * 8)]
-    samples: list[int] = []
-    threads = [threading.Thread(target=writer, args=(nodes[i // 8].mnt, i, stop, results[i]))
-               for i in range(NODES * 8)]
+    results: list[dict[str, int]] = [{} for _ in range(len(nodes) * 8)]
+    totals: list[int] = []
     first_refusal_at: list[int] = []
+    held: list[int] = []
 
     def sample() -> None:
         while not stop.is_set():
-            total = sum(ledger(m.mnt, "shared")[0] for m in nodes)
-            samples.append(total)
-            assert grants_held(pg, "shared") <= limit
-            if any(r.get("refused") for r in results) and not first_refusal_at:
-                first_refusal_at.append(total)
+            totals.append(sum(ledger(m.mnt, b)[0] for m, b in zip(nodes, buckets, strict=True)))
+            if grants_of is not None:
+                held.append(grants_held(pg, grants_of))
+            if not first_refusal_at and any(r.get("refused") for r in results):
+                first_refusal_at.append(totals[-1])
             time.sleep(0.02)
 
+    threads = [threading.Thread(target=writer, args=(nodes[i // 8].mnt, i, stop, results[i],
+                                                     buckets[i // 8]))
+               for i in range(len(nodes) * 8)]
     sampler = threading.Thread(target=sample)
     sampler.start()
     for t in threads:
@@ -109,12 +117,24 @@ def test_one_limit_across_three_nodes_is_never_overshot(pg: PostgreSQL, nodes: l
         t.join(timeout=120)
     stop.set()
     sampler.join()
-    used = [ledger(m.mnt, "shared")[0] for m in nodes]
-    print(f"limit {limit}; per node {used}; total {sum(used)} ({sum(used) / limit:.2%}); "
-          f"first refusal at {first_refusal_at}; max sampled {max(samples)}; "
+    used = [ledger(m.mnt, b)[0] for m, b in zip(nodes, buckets, strict=True)]
+    print(f"per node {used}; total {sum(used)}; first refusal at {first_refusal_at}; "
+          f"highest sampled {max(totals)}; grants held at most {max(held, default=None)}; "
           f"refused {sum(r.get('refused', 0) for r in results)}")
-    assert max(samples) <= limit and sum(used) <= limit
-    assert sum(used) >= 0.99 * limit
+    return Fill(used, max(totals), max(held, default=0), first_refusal_at[0] if first_refusal_at else 0)
+
+
+def test_one_limit_across_three_nodes_is_never_overshot(pg: PostgreSQL, nodes: list[Mount]) -> None:
+    limit = 32 * MiB
+    for m in nodes:
+        (m.mnt / "shared").mkdir()
+    os.setxattr(nodes[0].mnt / "shared", "user.ironfs.max_bytes", str(limit).encode())
+    wait_for(lambda: all(int(os.getxattr(m.mnt / "shared", "user.ironfs.max_bytes")) == limit
+                         for m in nodes), timeout=15)
+    done = fill(pg, nodes, ["shared"] * NODES, grants_of="shared")
+    used = done.used
+    assert done.highest <= limit and done.most_held <= limit and sum(used) <= limit
+    assert sum(used) >= 0.99 * limit and done.first_refusal_at >= 0.99 * limit
     for m in nodes:
         assert ledger(m.mnt, "shared") == scan(m.backing, "shared")
     # The cluster's figures: usage and counters of every node, in the database.
@@ -142,17 +162,6 @@ def _cluster_puts(pg: PostgreSQL) -> int:
     return sum(d["total"].get("put_count", 0) for d in stats if d["bucket"] == "shared")
 
 
-def _touch(m: Mount) -> bool:
-    """A write on a node makes it ask the cluster, and adopt its limits."""
-    probe = m.mnt / "shared" / "probe"
-    try:
-        probe.write_bytes(b"p")
-        probe.unlink()
-    except OSError:
-        pass
-    return False
-
-
 def cluster_rows(pg: PostgreSQL, name: str) -> dict[str, clusterdb.Row]:
     conn = clusterdb.connect(pg.dsn)
     try:
@@ -175,20 +184,6 @@ def settled(pg: PostgreSQL, nodes: list[Mount], name: str) -> bool:
         if row.used_bytes != used or (row.grant.bytes is not None and row.grant.bytes != used):
             return False
     return True
-
-
-def run_writers(nodes: list[Mount], per_node: int, seconds: float) -> list[dict[str, int]]:
-    stop = threading.Event()
-    results: list[dict[str, int]] = [{} for _ in range(len(nodes) * per_node)]
-    threads = [threading.Thread(target=writer, args=(nodes[i // per_node].mnt, i, stop, results[i]))
-               for i in range(len(nodes) * per_node)]
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-    return results
 
 
 def test_a_node_killed_mid_write_settles_when_it_restarts(pg: PostgreSQL, nodes: list[Mount],
@@ -261,32 +256,12 @@ def test_one_account_over_buckets_on_different_nodes(pg: PostgreSQL, nodes: list
         (m.mnt / f"team-{i}").mkdir()
         doc = {"max_bytes": limit, "buckets": [f"team-{i}"]}
         os.setxattr(m.mnt, "user.ironfs.account.team", orjson.dumps(doc))
-    stop = threading.Event()
-    results: list[dict[str, int]] = [{} for _ in range(NODES * 8)]
-    samples: list[int] = []
-
-    def sample() -> None:
-        while not stop.is_set():
-            samples.append(sum(ledger(m.mnt, f"team-{i}")[0] for i, m in enumerate(nodes)))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    threads = [threading.Thread(target=writer, args=(nodes[i // 8].mnt, i, stop, results[i],
-                                                     f"team-{i // 8}"))
-               for i in range(NODES * 8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    stop.set()
-    sampler.join()
-    used = [ledger(m.mnt, f"team-{i}")[0] for i, m in enumerate(nodes)]
-    print(f"account limit {limit}; per node {used}; total {sum(used)} ({sum(used) / limit:.2%})")
-    assert max(samples) <= limit and sum(used) <= limit
-    assert sum(used) >= 0.99 * limit
-    for i, m in enumerate(nodes):
-        assert ledger(m.mnt, f"team-{i}") == scan(m.backing, f"team-{i}")
+    buckets = [f"team-{i}" for i in range(NODES)]
+    done = fill(pg, nodes, buckets, grants_of=None)
+    assert done.highest <= limit and sum(done.used) <= limit
+    assert sum(done.used) >= 0.99 * limit
+    for m, bucket in zip(nodes, buckets, strict=True):
+        assert ledger(m.mnt, bucket) == scan(m.backing, bucket)
 
 
 def test_a_limit_set_on_one_node_reaches_the_others_within_a_second(pg: PostgreSQL,
