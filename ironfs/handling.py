@@ -9,6 +9,9 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, NoReturn, ParamSpec, Protocol, TypeVar
 
+#: Runs of a request after the first, when worth_retrying says it may now succeed.
+RETRIES = 2
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -47,10 +50,15 @@ def handler(fn: Callable[Concatenate[A, P], R]) -> Callable[Concatenate[A, P], C
         except Exception as e:
             if not await self.worth_retrying(e):
                 _reraise(self, e)
-        try:  # the handler changed nothing when it raised: it runs from the start
-            return fn(self, *args, **kwargs)
-        except Exception as e:
-            _reraise(self, e)
+        # The handler changed nothing when it raised: it runs from the start, once
+        # per grant a growth may lack (its bucket's, then its account's).
+        for attempt in range(RETRIES):
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as e:
+                if attempt == RETRIES - 1 or not await self.worth_retrying(e):
+                    _reraise(self, e)
+        raise AssertionError("unreachable")
     functools.update_wrapper(wrapper, fn)
     return wrapper
 
