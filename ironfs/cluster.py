@@ -60,14 +60,14 @@ class Grants:
     """What this node holds, per bucket and account: the ledger's gate."""
 
     def __init__(self) -> None:
-        self.held: dict[Key, Grant] = {}
-        self.headroom: dict[Key, int] = {}  # bytes above usage at the last refill
-        self.active: dict[Key, float] = {}  # when a growth last asked
+        # Per bucket or account (the meter itself: no name to build per growth).
+        self.held: dict[Meter, Grant] = {}
+        self.headroom: dict[Meter, int] = {}  # bytes above usage at the last refill
+        self.active: dict[Meter, float] = {}  # when a growth last asked
 
     def check(self, bucket: Bucket, meter: Meter, nbytes: int, nobjects: int) -> None:
-        key = key_of(meter)
-        self.active[key] = time.monotonic()
-        grant = self.held.get(key)
+        self.active[meter] = time.monotonic()
+        grant = self.held.get(meter)
         if grant is None:
             raise NeedGrant(bucket, meter, nbytes, nobjects)
         if nbytes > 0 and grant.bytes is not None and meter.used_bytes + nbytes > grant.bytes:
@@ -147,7 +147,7 @@ class ClusterNode:
             asked_back = False
             while True:
                 got = await self._acquire(key, meter, need.nbytes, need.nobjects)
-                if got and self._fits(key, meter, need):
+                if got and self._fits(meter, need):
                     return True
                 if not self.reachable:
                     return False
@@ -157,8 +157,8 @@ class ClusterNode:
                 await trio.sleep(0.05)
         return False
 
-    def _fits(self, key: Key, meter: Meter, need: NeedGrant) -> bool:
-        grant = self.grants.held.get(key)
+    def _fits(self, meter: Meter, need: NeedGrant) -> bool:
+        grant = self.grants.held.get(meter)
         if grant is None:
             return False
         return ((grant.bytes is None or meter.used_bytes + need.nbytes <= grant.bytes)
@@ -171,18 +171,18 @@ class ClusterNode:
         # database would hand the difference to another node while this one
         # fills it.
         async with self._db:
-            floor = self.grants.held.get(key, Grant(0, 0))
+            floor = self.grants.held.get(meter, Grant(0, 0))
             usage = meter.used_bytes, meter.objects
             answer = await self._run(clusterdb.acquire, self.node, key[0], key[1], *usage,
                                      nbytes, nobjects, _limit_row(meter.limits), floor)
             if answer is None:
                 return False
             grant, limits = answer
-            self.grants.held[key] = grant
+            self.grants.held[meter] = grant
             self.unsettled.discard(key)
             self.reported[key] = usage
         if grant.bytes is not None:
-            self.grants.headroom[key] = max(0, grant.bytes - meter.used_bytes - nbytes)
+            self.grants.headroom[meter] = max(0, grant.bytes - meter.used_bytes - nbytes)
         self._adopt(meter, limits)
         return True
 
@@ -225,7 +225,7 @@ class ClusterNode:
                 await self._call(clusterdb.release, self.node, row.kind, row.name, 0, 0)
                 continue
             self.meters[key] = meter
-            self.grants.held[key] = row.grant
+            self.grants.held[meter] = row.grant
             self.unsettled.add(key)
 
     async def _publish_limits(self) -> None:
@@ -247,24 +247,27 @@ class ClusterNode:
         while True:
             await trio.sleep(TICK)
             ticks += 1
-            if ticks % COUNTERS_EVERY == 0:
+            report = ticks % COUNTERS_EVERY == 0
+            if report:
                 await self._report_counters()
             now = time.monotonic()
             for key, meter in list(self.meters.items()):
-                if self.ledger.is_scanning(meter):
-                    continue  # its usage is not known yet
-                grant = self.grants.held.get(key)
-                if grant is None:
-                    continue
-                idle = now - self.grants.active.get(key, 0.0) > IDLE_AFTER
-                left = None if grant.bytes is None else grant.bytes - meter.used_bytes
-                if idle and (key in self.unsettled or (left is not None and left > 0)):
-                    await self._release(key, meter)
-                elif not idle and left is not None and left < REFILL_BELOW * self.grants.headroom.get(key, 0):
-                    await self._acquire(key, meter)
-                elif ticks % COUNTERS_EVERY == 0 and self.reported.get(key) != (meter.used_bytes,
-                                                                                meter.objects):
-                    await self._report(key, meter)
+                if not self.ledger.is_scanning(meter):  # (else its usage is not known yet)
+                    await self._tend_one(key, meter, now, report)
+
+    async def _tend_one(self, key: Key, meter: Meter, now: float, report: bool) -> None:
+        """Give back an idle grant, refill a busy one running low, or report usage."""
+        grant = self.grants.held.get(meter)
+        if grant is None:
+            return
+        idle = now - self.grants.active.get(meter, 0.0) > IDLE_AFTER
+        left = None if grant.bytes is None else grant.bytes - meter.used_bytes
+        if idle and (key in self.unsettled or (left is not None and left > 0)):
+            await self._release(key, meter)
+        elif not idle and left is not None and left < REFILL_BELOW * self.grants.headroom.get(meter, 0):
+            await self._acquire(key, meter)
+        elif report and self.reported.get(key) != (meter.used_bytes, meter.objects):
+            await self._report(key, meter)
 
     async def _report_counters(self) -> None:
         """The monthly counters of the buckets that counted something since the
@@ -301,17 +304,17 @@ class ClusterNode:
         grows into what the database is about to hand to others (a growth in
         the meantime waits, and asks again)."""
         async with self._db:
-            held = self.grants.held.get(key)
+            held = self.grants.held.get(meter)
             if held is None:
                 return
             used, objects = meter.used_bytes, meter.objects
-            self.grants.held[key] = Grant(None if held.bytes is None else min(held.bytes, used),
+            self.grants.held[meter] = Grant(None if held.bytes is None else min(held.bytes, used),
                                           None if held.objects is None else min(held.objects, objects))
             grant = await self._run(clusterdb.release, self.node, key[0], key[1], used, objects)
             if grant is None:
                 self.unsettled.add(key)  # tried again on a later tick
                 return
-            self.grants.held[key] = grant
+            self.grants.held[meter] = grant
             self.unsettled.discard(key)
             self.reported[key] = used, objects
 
@@ -357,7 +360,7 @@ class ClusterNode:
             if local is not None and row is not None:
                 self._adopt(local, row)
             return
-        self.grants.held.pop(key, None)  # a limit changed: ask again under it
+        self.grants.held.pop(meter, None)  # a limit changed: ask again under it
         await self._acquire(key, meter)
 
     async def _resync_limits(self) -> None:
