@@ -63,6 +63,9 @@ class Counting:
             return  # one request per object until HEAD_WAIT
         if node in self.serving or node.parent in self.reading_dirs:
             return  # (a server's directory read stats each entry)
+        if node.open and not self.profile.stats_before_get:
+            return  # a stat of a file being written or read is no HEAD (a profile
+            # matching stats to requests by count sees hash reads still open)
         if now - node.busy_at < self.profile.quiet_after_use:
             if not self.profile.checks_after_use:
                 return

@@ -370,3 +370,14 @@ def test_rclone_quick_heads_of_some_objects_are_heads() -> None:
     c.stat(b, step=0.005)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"head_count": 4}
+
+
+def test_a_lookup_of_a_file_being_written_is_no_head() -> None:
+    c = Counted()
+    node = c.obj()
+    node.open += 1
+    c.counting.opened(node, reading=False)
+    c.clock.advance(5)  # a long upload: past the quiet time after its open
+    c.counting.looked_at(node, lookup=False)  # the writer's fstat
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {}
