@@ -11,7 +11,9 @@ figure to track.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,10 +56,11 @@ class Sizes:
     scan_objects: int
     s3_small: int
     s3_large: int
+    pairs: int = 3  # cluster node against a plain mount
 
 
 FULL = Sizes(rounds=3, seq_bytes=1 << 30, files=20_000, dirs=100, renames=5_000, puts_small=4_000,
-             puts_large=200, scan_objects=1_000_000, s3_small=500, s3_large=4)
+             puts_large=200, scan_objects=1_000_000, s3_small=500, s3_large=4, pairs=30)
 QUICK = Sizes(rounds=1, seq_bytes=64 * MiB, files=2_000, dirs=20, renames=500, puts_small=400,
               puts_large=20, scan_objects=20_000, s3_small=50, s3_large=1)
 
@@ -326,6 +329,13 @@ class Mounted:
 Workload = Callable[[Path], dict[str, float]]
 
 
+def rotated(sides: list[tuple[str, Path]], round_: int) -> list[tuple[str, Path]]:
+    """A different side first in each round: none always runs on a disk still
+    busy with its neighbour's work, or always on a fresh one."""
+    k = round_ % len(sides)
+    return sides[k:] + sides[:k]
+
+
 def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
     def one(name: str, fn: Callable[[Path], float]) -> Workload:
         return lambda d: {name: fn(d)}
@@ -343,49 +353,79 @@ def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
 
 def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic",
         cluster: str | None = None) -> dict[str, Any]:
-    """Raw and ironfs alternating; with *cluster* (a DSN), a third side: a mount
-    that is a cluster node, beside a plain one with the same (large) limits."""
+    """Raw and ironfs alternating; with *cluster* (a DSN), then a mount that is
+    a node of that cluster against the plain one, with the same (large) limits,
+    in paired short trials."""
     scratch = Path(tempfile.mkdtemp(prefix="ironfs-bench-", dir=base))
     results: dict[str, dict[str, list[float]]] = {}
     units: dict[str, str] = {}
     limits = "bucket_quota_bytes=1TiB" if cluster else "bucket_quota_bytes=none"
     mounted = Mounted(scratch / "backing", scratch / "mnt", scratch / "ironfs.log", profile, limits)
-    node = None
+    node_vs_plain: dict[str, dict[str, float]] = {}
     try:
         sides = [("raw", scratch / "raw"), ("ironfs", mounted.mnt)]
-        if cluster:
-            node = Mounted(scratch / "backing-node", scratch / "mnt-node", scratch / "node.log",
-                           profile, f"{limits},cluster={cluster},node=bench")
-            sides.append(("cluster", node.mnt))
-        for _ in range(sizes.rounds):
+        for round_ in range(sizes.rounds):
             for tag, unit, fn in workloads(sizes):
-                for side, root in sides:
+                for side, root in rotated(sides, round_):
                     d = root / f"bench-{tag}"
                     d.mkdir(parents=True)
+                    os.sync()  # no side pays for the writeback of the one before it
                     for name, value in fn(d).items():
                         results.setdefault(name, {s: [] for s, _ in sides})[side].append(value)
                         units[name] = unit
                     shutil.rmtree(d)
-        requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 and not cluster else {}
+        requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 else {}
+        if cluster:
+            node = Mounted(scratch / "backing-node", scratch / "mnt-node", scratch / "node.log",
+                           profile, f"{limits},cluster={cluster},node=bench")
+            try:
+                node_vs_plain = paired(mounted.mnt, node.mnt, sizes.pairs)
+            finally:
+                node.close()
         beside = scan_beside(scratch / "backing", mounted.mnt, sizes.scan_objects)
     finally:
         mounted.close()
-        if node is not None:
-            node.close()
     rows: list[dict[str, Any]] = []
     report = {"workloads": rows, "micro": micro(scratch, sizes), "cold_cache": drop_caches(),
-              "rounds": sizes.rounds, "fuse_requests": requests, "beside_a_scan": beside}
+              "rounds": sizes.rounds, "fuse_requests": requests, "beside_a_scan": beside,
+              "cluster_vs_plain": node_vs_plain}
     for name, by_side in results.items():
         raw, iron = statistics.median(by_side["raw"]), statistics.median(by_side["ironfs"])
-        row = {"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
-               "ratio": iron / raw if raw else 0.0}
-        if by_side.get("cluster"):
-            node_value = statistics.median(by_side["cluster"])
-            row["cluster"] = node_value
-            row["cluster_vs_plain"] = node_value / iron if iron else 0.0
-        rows.append(row)
+        rows.append({"name": name, "unit": units[name], "raw": raw, "ironfs": iron,
+                     "ratio": iron / raw if raw else 0.0})
     shutil.rmtree(scratch, ignore_errors=True)
     return report
+
+
+PAIRED = Sizes(rounds=1, seq_bytes=256 * MiB, files=3_000, dirs=30, renames=0, puts_small=500,
+               puts_large=0, scan_objects=0, s3_small=0, s3_large=0)
+
+
+def paired(plain: Path, node: Path, pairs: int) -> dict[str, dict[str, float]]:
+    """node/plain of short trials run back to back, the order alternating: the
+    median of the pairs' ratios and its 95 % bootstrap interval.  On a shared
+    machine two long runs minutes apart differ by more than what a node costs
+    (pairs of 20,000-file rounds spread over 0.72-1.31); many short pairs resolve it."""
+    ratios: dict[str, list[float]] = {}
+    for k in range(pairs):
+        sides = [("plain", plain), ("node", node)]
+        got = {}
+        for side, root in sides if k % 2 == 0 else sides[::-1]:
+            d = root / f"pair-{k}"
+            d.mkdir()
+            os.sync()
+            got[side] = {**small_files(d, PAIRED), "seq write + fsync": seq_write(d, PAIRED),
+                         "PUT pattern 4 KiB": put_pattern(d, PAIRED.puts_small, 4096)}
+            shutil.rmtree(d)
+        for name, value in got["node"].items():
+            ratios.setdefault(name, []).append(value / got["plain"][name])
+    rng = random.Random(0)
+    out = {}
+    for name, values in ratios.items():
+        medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(2000))
+        out[name] = {"median": statistics.median(values), "low": medians[50], "high": medians[1949],
+                     "pairs": float(len(values))}
+    return out
 
 
 def s3_rows(scratch: Path, mounted: Mounted, sizes: Sizes, results: dict[str, Any],
@@ -409,12 +449,9 @@ def s3_rows(scratch: Path, mounted: Mounted, sizes: Sizes, results: dict[str, An
 
 
 def table(report: dict[str, Any]) -> str:
-    node = any("cluster" in w for w in report["workloads"])
-    rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")
-            + (("cluster node", "node/ironfs") if node else ())]
+    rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")]
     for w in report["workloads"]:
-        rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}")
-                    + ((f"{w['cluster']:,.0f}", f"{w['cluster_vs_plain']:.3f}") if node else ()))
+        rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))
     columns = len(rows[0])
     widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
@@ -429,9 +466,13 @@ def table(report: dict[str, Any]) -> str:
         out.append(f"FUSE requests per {phase}: {total:.1f} ({detail})")
     for name, value in report["beside_a_scan"].items():
         out.append(f"{name}: {value:,.2f}")
+    for name, r in report["cluster_vs_plain"].items():
+        out.append(f"cluster node / plain mount, {name}: {r['median']:.3f} "
+                   f"(95 % interval {r['low']:.3f}-{r['high']:.3f}, {r['pairs']:.0f} paired trials)")
     if not report["cold_cache"]:
         out.append("note: page cache not dropped (not root): 'seq read, cold' read a warm cache")
-    out.append(f"medians of {report['rounds']} round(s), raw and ironfs alternating")
+    out.append(f"medians of {report['rounds']} round(s), the sides alternating (a different one first"
+               " in each round)")
     return "\n".join(out)
 
 
@@ -439,18 +480,27 @@ def bench_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ironfs bench", description=__doc__.split("\n\n")[0])
     p.add_argument("backing", metavar="BACKING_DIR", help="a directory on the filesystem to measure")
     p.add_argument("--quick", action="store_true", help="small sizes, one round (for CI)")
+    p.add_argument("--rounds", type=int, metavar="N",
+                   help="rounds of every workload (default: 3, 1 with --quick)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-s3", action="store_true", help="skip the rclone/boto3 rows")
     p.add_argument("--profile", default="generic", choices=sorted(PROFILES),
                    help="the mount's server profile (default: generic)")
     p.add_argument("--cluster", metavar="DSN",
                    help="also a mount that is a node of the cluster at DSN (schema initialised), "
-                        "against a plain one with the same limits (1 TiB buckets); no S3 rows")
+                        "against the plain one with the same limits (1 TiB buckets) in paired "
+                        "short trials")
     args = p.parse_args(argv)
     if not os.path.isdir(args.backing):
         print(f"ironfs bench: {args.backing}: not a directory", file=sys.stderr)
         return 1
-    report = run(Path(args.backing), QUICK if args.quick else FULL, with_s3=not args.no_s3,
+    sizes = QUICK if args.quick else FULL
+    if args.rounds is not None:
+        if args.rounds < 1:
+            print("ironfs bench: --rounds must be at least 1", file=sys.stderr)
+            return 1
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    report = run(Path(args.backing), sizes, with_s3=not args.no_s3,
                  profile=args.profile, cluster=args.cluster)
     sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
                      if args.json else table(report) + "\n")

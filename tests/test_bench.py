@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from ironfs.bench import rotated
 from tests.mounting import require_fuse
 
 WORKLOADS = {"seq write + fsync", "seq read, cold", "create 4 KiB files", "stat", "read 4 KiB files",
@@ -34,3 +35,17 @@ def test_quick_bench_produces_every_figure(tmp_path: Path) -> None:
     assert set(requests) == {"S3 PUT 4 KiB", "S3 GET 4 KiB", "S3 PUT 64 MiB", "S3 GET 64 MiB"}
     assert requests["S3 PUT 4 KiB"]["write"] == 1 and requests["S3 GET 4 KiB"]["read"] >= 1
     assert list(tmp_path.iterdir()) == []  # the scratch directory is gone
+
+
+def test_rounds_must_be_positive(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "ironfs", "bench", str(tmp_path), "--rounds", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "--rounds must be at least 1" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_side_leads_a_round_in_turn() -> None:
+    sides = [("raw", Path("r")), ("ironfs", Path("i")), ("cluster", Path("c"))]
+    firsts = [rotated(sides, k)[0][0] for k in range(3)]
+    assert firsts == ["raw", "ironfs", "cluster"]
+    assert all(sorted(rotated(sides, k)) == sorted(sides) for k in range(5))

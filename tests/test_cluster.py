@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from ironfs import clusterdb
-from tests.mounting import Mount, clear_mount, ledger, scan, start_mount, wait_for
+from tests.mounting import Mount, clear_mount, ledger, require_fuse, scan, start_mount, wait_for
 from tests.pgserver import PostgreSQL, cluster_database
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -357,3 +357,17 @@ def test_a_slow_link_does_not_slow_writes_that_fit_the_grant(pg: PostgreSQL, nod
         if slow is not None:
             slow.stop()
         link.close()
+
+
+def test_quick_bench_compares_a_node_with_a_plain_mount(pg: PostgreSQL, tmp_path: Path) -> None:
+    """`ironfs bench --cluster` must not rot: every paired figure is there."""
+    require_fuse()
+    r = subprocess.run([sys.executable, "-m", "ironfs", "bench", str(tmp_path), "--quick", "--no-s3",
+                        "--json", "--cluster", pg.dsn], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    paired = orjson.loads(r.stdout)["cluster_vs_plain"]
+    assert set(paired) == {"create 4 KiB files", "stat", "read 4 KiB files", "unlink",
+                           "seq write + fsync", "PUT pattern 4 KiB"}
+    for figure in paired.values():
+        assert figure["pairs"] == 3 and 0 < figure["low"] <= figure["median"] <= figure["high"], figure
+    assert list(tmp_path.iterdir()) == []
