@@ -371,3 +371,32 @@ def test_quick_bench_compares_a_node_with_a_plain_mount(pg: PostgreSQL, tmp_path
     for figure in paired.values():
         assert figure["pairs"] == 3 and 0 < figure["low"] <= figure["median"] <= figure["high"], figure
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_service_file_listing_several_hosts_reaches_the_live_one(pg: PostgreSQL, tmp_path: Path) -> None:
+    """The README's way to a highly available PostgreSQL: hosts listed in a libpq
+    service file (a DSN in a mount option cannot hold a comma), the first one
+    down; the node connects to the next and its limits and grants go there."""
+    from ironfs.bench_s3 import free_port
+
+    services = tmp_path / "pg_service.conf"
+    services.write_text(f"[ironfs]\nhost=127.0.0.1,127.0.0.1\nport={free_port()},{pg.port}\n"
+                        "user=ironfs\ndbname=postgres\ntarget_session_attrs=read-write\n"
+                        "connect_timeout=2\n")
+    m = start_mount(tmp_path / "backing", tmp_path / "mnt",
+                    options=["cluster=postgresql:///postgres?service=ironfs", "node=svc"],
+                    env={"PGSERVICEFILE": str(services)})
+    try:
+        (m.mnt / "served").mkdir()
+        os.setxattr(m.mnt / "served", "user.ironfs.max_bytes", b"8MiB")
+        (m.mnt / "served" / "a").write_bytes(b"a" * MiB)
+        conn = clusterdb.connect(pg.dsn)  # the live server, directly
+        try:
+            wait_for(lambda: clusterdb.limit_rows(conn).get(("bucket", "served")) is not None, timeout=5)
+            assert clusterdb.limit_rows(conn)[("bucket", "served")].max_bytes == 8 * MiB
+            held = [r for r in clusterdb.grant_rows(conn) if r.node == "svc" and r.name == "served"]
+            assert held and (held[0].grant.bytes or 0) >= MiB
+        finally:
+            conn.close()
+    finally:
+        m.stop()
