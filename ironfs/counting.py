@@ -122,7 +122,8 @@ class Counting:
 
     def written(self, node: Node) -> None:
         """New content (created, truncated or written): a PUT when it is closed."""
-        node.fresh = True
+        if node.fresh is None:
+            node.fresh = self.clock()
 
     def closed(self, node: Node, wrote: bool, reading: Reading) -> None:
         """A handle of *node* was released."""
@@ -137,22 +138,25 @@ class Counting:
                 self.serving[node] = left
         elif reading == Reading.HASH:
             self.hash_read(node)
-        if wrote and node.fresh and not node.unlinked and self.objects.node_is_object(node):
-            node.fresh = False
+        if wrote and node.fresh is not None and not node.unlinked and self.objects.node_is_object(node):
+            node.fresh = None
             self._add(node, PUT)
             self._landed(node, node)
 
     def published(self, parent: Node, name: bytes, node: Node | None, components: list[bytes]) -> None:
         """A staging file (at *components* inside its bucket) was renamed onto
         the visible name *parent*/*name*: one upload completed, multipart if the
-        profile says so (and the unlink of the object it replaces was no DELETE)."""
+        profile says so (and the unlink of the object it replaces was no DELETE,
+        unless that unlink came before this upload began: a DELETE, then a PUT)."""
         replaced = self.unlinked.pop((parent.key, name), None)
-        if replaced is not None and replaced[2] is not None:  # the overwrite's other stats
+        if replaced is not None and node is not None and node.fresh is not None and node.fresh > replaced[0]:
+            self.book.add(replaced[1], DELETE)
+        elif replaced is not None and replaced[2] is not None:  # the overwrite's other stats
             extra = self.profile.stats_before_overwrite - self.profile.stats_before_delete
             self.lookups.drop(replaced[2], extra)
         self._add(parent, MULTIPART if self.profile.is_multipart(components) else PUT)
         if node is not None:
-            node.fresh = False
+            node.fresh = None
             self._used(node, self.profile.checks_after_use)
             self.lookups.drop(node)
             self._landed(parent, node)

@@ -54,9 +54,9 @@ class Node:
         self.unlinked = False
         # Part of ironfs's own state (seen only with expose_state, read-only).
         self.is_state = is_state
-        # Owned by counting.py: written since its last PUT was counted; when it
-        # was last opened, released or published; when a read handle closed.
-        self.fresh = False
+        # Owned by counting.py: since when it is written without a PUT counted
+        # (None: not); when it was last opened, released or published.
+        self.fresh: float | None = None
         self.busy_at = 0.0
         self.owed = 0  # the server's own stats still expected after its use (counting.py)
         self.written = 0  # bytes written since the last PUT counted (counting.py)

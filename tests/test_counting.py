@@ -293,6 +293,27 @@ def test_rclone_overwrite_unlinks_then_publishes_and_is_no_delete() -> None:
     assert c.counts() == {"put_count": 1, "delete_count": 1}
 
 
+def test_a_delete_then_a_put_of_the_same_key_is_both() -> None:
+    """rclone's overwrite unlinks the old object while its upload is already
+    staged; a client's DELETE and then PUT of that key unlinks before the
+    upload begins: the same syscalls, told apart by that order, not by time."""
+    c = Counted("rclone")
+    mode = reg().st_mode
+    staged = c.obj(b".rclone_temp_put_1")
+    c.counting.written(staged)  # an upload to k begins ...
+    c.clock.advance(0.01)
+    c.counting.deleted(c.world.d1, b"k", mode)  # ... k is unlinked just before the rename:
+    c.counting.published(c.world.d1, b"k", staged, [b".rclone_temp_put_1"])  # an overwrite
+    c.clock.advance(0.01)
+    c.counting.deleted(c.world.d1, b"k", mode)  # a client's DELETE of k ...
+    c.clock.advance(0.01)
+    again = c.obj(b".rclone_temp_put_2")
+    c.counting.written(again)  # ... then its PUT of k, within the overwrite window
+    c.counting.published(c.world.d1, b"k", again, [b".rclone_temp_put_2"])
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"put_count": 2, "delete_count": 1}
+
+
 def test_unlinks_pending_at_a_stop_are_counted() -> None:
     c = Counted("rclone")
     c.counting.deleted(c.world.d1, b"k", reg().st_mode)
