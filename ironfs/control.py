@@ -86,6 +86,9 @@ class Control:
         self.live: Callable[[list[bytes] | None, bool], None] | None = None
         # A cluster node publishes limits set here to the other nodes.
         self.limits_changed: Callable[[Meter], None] | None = None
+        # The daemon counts what has come due (HEADs, LISTs, DELETEs waiting out
+        # their windows) before the counters are read, not up to a tick later.
+        self.counts_due: Callable[[], None] | None = None
 
     def _admin(self, uid: int) -> None:
         if uid != 0 and uid != self.cfg.admin_uid:
@@ -152,6 +155,8 @@ class Control:
         log.info("bucket %s: %s set to %s by uid %d", bucket.display_name, field, text, uid)
 
     def _stats(self, bucket: Bucket, month: str) -> bytes:
+        if self.counts_due is not None:
+            self.counts_due()
         current = self.book.current(bucket)
         if month in ("", current.month):
             return orjson.dumps({"month": current.month, **current.as_dict()})

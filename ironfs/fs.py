@@ -78,6 +78,7 @@ class IronFS(pyfuse3.Operations):
         self.rejections = 0
         self.requests: Counter[str] = Counter()  # FUSE requests by operation (metrics)
         self.control = Control(cfg, ledger, store.book, self.pending_bytes)
+        self.control.counts_due = self.counting.commit_heads
         self.work = Background(cfg, ledger, self.scans, self.control, self.tree, self.pending_bytes)
         self.cluster: ClusterNode | None = None  # set when the mount is a cluster node
 

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
-from tests.mounting import Mount
+from tests.mounting import Mount, start_mount
 
 
 def counters(m: Mount, bucket: str) -> dict:
@@ -121,3 +122,24 @@ def test_bytes_written_counts_only_what_landed(mount: Mount, bucket: str, bpath:
     assert refused == 16
     assert after["bytes_written"] - before["bytes_written"] == (bpath / "big").stat().st_size == 1 << 20
     assert after["quota_rejections"] - before["quota_rejections"] == 16
+
+
+@pytest.mark.parametrize("profile", ["generic", "rclone"])
+def test_counts_that_came_due_are_read_without_waiting_for_a_flush(tmp_path: Path, profile: str) -> None:
+    """A HEAD (no GET within 0.5 s) and, under rclone, a DELETE (no upload onto
+    the name within 0.25 s) are in the counters read after those waits, even
+    when the next flush is a minute away."""
+    m = start_mount(tmp_path / "backing", tmp_path / "mnt",
+                    options=["flush_interval_ms=60000", f"profile={profile}"])
+    try:
+        (m.mnt / "b").mkdir()
+        (m.mnt / "b" / "obj").write_bytes(b"data")
+        (m.mnt / "b" / "gone").write_bytes(b"data")
+        time.sleep(2.5)  # past the kernel's caches and the quiet time after use
+        os.stat(m.mnt / "b" / "obj")
+        os.unlink(m.mnt / "b" / "gone")
+        time.sleep(0.7)
+        got = orjson.loads(os.getxattr(m.mnt / "b", "user.ironfs.stats"))
+        assert (got["head_count"], got["delete_count"], got["put_count"]) == (1, 1, 2), got
+    finally:
+        m.stop()
