@@ -397,8 +397,22 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic"
     return report
 
 
-PAIRED = Sizes(rounds=1, seq_bytes=256 * MiB, files=3_000, dirs=30, renames=0, puts_small=500,
-               puts_large=0, scan_objects=0, s3_small=0, s3_large=0)
+PAIRED = Sizes(rounds=1, seq_bytes=256 * MiB, files=3_000, dirs=30, renames=500, puts_small=500,
+               puts_large=50, scan_objects=0, s3_small=0, s3_large=0)
+
+
+def paired_trial(d: Path) -> dict[str, float]:
+    """One short run of each workload of the long rounds."""
+    out = small_files(d, PAIRED)
+    out["seq write + fsync"] = seq_write(d, PAIRED)
+    out["seq read, cold"] = seq_read(d, PAIRED)
+    out["rename"] = renames(d, PAIRED)
+    out["PUT pattern 4 KiB"] = put_pattern(d, PAIRED.puts_small, 4096)
+    (d / "large").mkdir()
+    out["PUT pattern 1 MiB"] = put_pattern(d / "large", PAIRED.puts_large, MiB)
+    (d / "four").mkdir()
+    out["PUT pattern 4 KiB, 4 writers"] = put_pattern(d / "four", PAIRED.puts_small, 4096, writers=4)
+    return out
 
 
 def paired(plain: Path, node: Path, pairs: int) -> dict[str, dict[str, float]]:
@@ -414,8 +428,7 @@ def paired(plain: Path, node: Path, pairs: int) -> dict[str, dict[str, float]]:
             d = root / f"pair-{k}"
             d.mkdir()
             os.sync()
-            got[side] = {**small_files(d, PAIRED), "seq write + fsync": seq_write(d, PAIRED),
-                         "PUT pattern 4 KiB": put_pattern(d, PAIRED.puts_small, 4096)}
+            got[side] = paired_trial(d)
             shutil.rmtree(d)
         for name, value in got["node"].items():
             ratios.setdefault(name, []).append(value / got["plain"][name])

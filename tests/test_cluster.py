@@ -367,7 +367,8 @@ def test_quick_bench_compares_a_node_with_a_plain_mount(pg: PostgreSQL, tmp_path
     assert r.returncode == 0, r.stderr
     paired = orjson.loads(r.stdout)["cluster_vs_plain"]
     assert set(paired) == {"create 4 KiB files", "stat", "read 4 KiB files", "unlink",
-                           "seq write + fsync", "PUT pattern 4 KiB"}
+                           "seq write + fsync", "seq read, cold", "rename", "PUT pattern 4 KiB",
+                           "PUT pattern 1 MiB", "PUT pattern 4 KiB, 4 writers"}
     for figure in paired.values():
         assert figure["pairs"] == 3 and 0 < figure["low"] <= figure["median"] <= figure["high"], figure
     assert list(tmp_path.iterdir()) == []
