@@ -175,6 +175,17 @@ class Counting:
             else:
                 self.book.add(bucket, DELETE)
 
+    def removed_directory(self, key: tuple[int, int]) -> None:
+        """The directory *key* (st_dev, st_ino) was removed: nothing can be
+        published into it any more, so the unlinks held there are DELETEs now.
+        (rclone removes a prefix's directory with its last object, and the next
+        mkdir, of any prefix, may get the same inode number: an upload into it
+        must not pass for the overwrite of an object unlinked in the old one.)"""
+        for held, (_, owner, _) in list(self.unlinked.items()):
+            if held[0] == key:
+                del self.unlinked[held]
+                self.book.add(owner.load_live(), DELETE)
+
     def listed(self, directory: Node) -> None:
         """A directory was opened for reading: inside a bucket, a LIST unless
         the profile counts LISTs from lookups (list_gap)."""

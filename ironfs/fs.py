@@ -284,6 +284,7 @@ class IronFS(pyfuse3.Operations):
             delete_bucket(self.cfg, self.store, bucket, path)
         else:
             os.rmdir(path)
+            self.counting.removed_directory((st.st_dev, st.st_ino))
         self._forget_name(parent, name, st)
 
     # -- rename --------------------------------------------------------------------

@@ -314,6 +314,22 @@ def test_a_delete_then_a_put_of_the_same_key_is_both() -> None:
     assert c.counts() == {"put_count": 2, "delete_count": 1}
 
 
+def test_an_unlink_held_in_a_removed_directory_is_a_delete_at_once() -> None:
+    """rclone removes a prefix's directory with its last object; the next mkdir
+    may get its inode number, so an upload there has the same (directory, name)
+    key as the unlink held for the old one: that unlink is counted at the rmdir."""
+    c = Counted("rclone")
+    mode = reg().st_mode
+    staged = c.obj(b".rclone_temp_put_1")
+    c.counting.written(staged)  # (staged even before the unlink: order cannot tell)
+    c.counting.deleted(c.world.d1, b"k", mode)  # the last object of the prefix ...
+    c.counting.removed_directory(c.world.d1.key)  # ... and its directory
+    assert c.counts() == {"delete_count": 1}
+    c.counting.published(c.world.d1, b"k", staged, [b".rclone_temp_put_1"])  # same key, new directory
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"delete_count": 1, "put_count": 1}
+
+
 def test_unlinks_pending_at_a_stop_are_counted() -> None:
     c = Counted("rclone")
     c.counting.deleted(c.world.d1, b"k", reg().st_mode)

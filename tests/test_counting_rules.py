@@ -143,3 +143,37 @@ def test_counts_that_came_due_are_read_without_waiting_for_a_flush(tmp_path: Pat
         assert (got["head_count"], got["delete_count"], got["put_count"]) == (1, 1, 2), got
     finally:
         m.stop()
+
+
+def test_deletes_survive_directories_that_reuse_inode_numbers(tmp_path: Path) -> None:
+    """rclone's pattern (found in the mixed workload): a DELETE of a prefix's
+    last object removes its directory, and another prefix's new directory often
+    gets the same inode number, then an upload of the same key name lands there.
+    Each DELETE is counted, whether or not the number was reused."""
+    m = start_mount(tmp_path / "backing", tmp_path / "mnt",
+                    options=["flush_interval_ms=200", "profile=rclone"])
+    b = m.mnt / "b"
+
+    def upload(key: Path, serial: int) -> None:
+        temp = key.parent / f".rclone_temp_put_{serial}"
+        temp.write_bytes(b"data")
+        os.rename(temp, key)
+
+    try:
+        b.mkdir()
+        reused = 0
+        for i in range(10):
+            (b / f"a{i}").mkdir()
+            upload(b / f"a{i}" / "k", 2 * i)
+            time.sleep(0.3)
+            inode = os.stat(b / f"a{i}").st_ino
+            os.unlink(b / f"a{i}" / "k")  # the DELETE ...
+            os.rmdir(b / f"a{i}")  # ... and rclone's removal of the empty prefix
+            (b / f"c{i}").mkdir()
+            reused += os.stat(b / f"c{i}").st_ino == inode
+            upload(b / f"c{i}" / "k", 2 * i + 1)
+        time.sleep(0.7)
+        got = orjson.loads(os.getxattr(b, "user.ironfs.stats"))
+        assert (got["delete_count"], got["put_count"]) == (10, 20), (got, reused)
+    finally:
+        m.stop()
