@@ -336,6 +336,17 @@ def rotated(sides: list[tuple[str, Path]], round_: int) -> list[tuple[str, Path]
     return sides[k:] + sides[:k]
 
 
+def in_fresh_dir(d: Path, fn: Workload) -> dict[str, float]:
+    """*fn* in a new directory *d*, on a synced disk (no side pays for the
+    writeback of the one before it); *d* is removed afterwards."""
+    d.mkdir(parents=True)
+    os.sync()
+    try:
+        return fn(d)
+    finally:
+        shutil.rmtree(d)
+
+
 def workloads(sizes: Sizes) -> list[tuple[str, str, Workload]]:
     def one(name: str, fn: Callable[[Path], float]) -> Workload:
         return lambda d: {name: fn(d)}
@@ -367,13 +378,9 @@ def run(base: Path, sizes: Sizes, with_s3: bool = True, profile: str = "generic"
         for round_ in range(sizes.rounds):
             for tag, unit, fn in workloads(sizes):
                 for side, root in rotated(sides, round_):
-                    d = root / f"bench-{tag}"
-                    d.mkdir(parents=True)
-                    os.sync()  # no side pays for the writeback of the one before it
-                    for name, value in fn(d).items():
+                    for name, value in in_fresh_dir(root / f"bench-{tag}", fn).items():
                         results.setdefault(name, {s: [] for s, _ in sides})[side].append(value)
                         units[name] = unit
-                    shutil.rmtree(d)
         requests = s3_rows(scratch, mounted, sizes, results, units) if with_s3 else {}
         if cluster:
             node = Mounted(scratch / "backing-node", scratch / "mnt-node", scratch / "node.log",
@@ -421,23 +428,18 @@ def paired(plain: Path, node: Path, pairs: int) -> dict[str, dict[str, float]]:
     machine two long runs minutes apart differ by more than what a node costs
     (pairs of 20,000-file rounds spread over 0.72-1.31); many short pairs resolve it."""
     ratios: dict[str, list[float]] = {}
+    sides = [("plain", plain), ("node", node)]
     for k in range(pairs):
-        sides = [("plain", plain), ("node", node)]
-        got = {}
-        for side, root in sides if k % 2 == 0 else sides[::-1]:
-            d = root / f"pair-{k}"
-            d.mkdir()
-            os.sync()
-            got[side] = paired_trial(d)
-            shutil.rmtree(d)
+        got = {side: in_fresh_dir(root / f"pair-{k}", paired_trial) for side, root in rotated(sides, k)}
         for name, value in got["node"].items():
             ratios.setdefault(name, []).append(value / got["plain"][name])
     rng = random.Random(0)
+    resamples = 2000
     out = {}
     for name, values in ratios.items():
-        medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(2000))
-        out[name] = {"median": statistics.median(values), "low": medians[50], "high": medians[1949],
-                     "pairs": float(len(values))}
+        medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+        out[name] = {"median": statistics.median(values), "low": medians[resamples * 25 // 1000],
+                     "high": medians[resamples * 975 // 1000 - 1], "pairs": float(len(values))}
     return out
 
 
@@ -465,8 +467,7 @@ def table(report: dict[str, Any]) -> str:
     rows = [("workload", "unit", "ironfs/raw", "raw", "ironfs")]
     for w in report["workloads"]:
         rows.append((w["name"], w["unit"], f"{w['ratio']:.3f}", f"{w['raw']:,.0f}", f"{w['ironfs']:,.0f}"))
-    columns = len(rows[0])
-    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                      for i, (c, w) in enumerate(zip(r, widths, strict=True)))
            for r in rows]
