@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from itertools import pairwise
 
 from .inodes import Node
 from .ledger import Bucket
@@ -234,10 +235,14 @@ class Lookups:
 
     def _is_list(self, chain: list[Sweep], now: float) -> bool:
         """A chain is a LIST if one of its sweeps holds two objects or more, or
-        if its lone lookups are of every object that was in the directory."""
+        if its lone lookups are of every object that was in the directory, in
+        ascending name order (the server's; a client's HEADs come in any)."""
         if any(len(s.members) > 1 for s in chain):
             return True
         if len(chain) < 2 or any(s.directory is not chain[0].directory for s in chain):
+            return False
+        seen = [n.name for s in chain for n in s.members]
+        if any(a >= b for a, b in pairwise(seen)):
             return False
         # (objects made since the LIST began were not in it; those deleted since are gone)
         names = self.names_in(chain[0].directory, now - chain[0].first_seen)

@@ -186,7 +186,7 @@ def test_rclone_range_get_opens_twice_and_is_one_get() -> None:
 def test_rclone_list_is_a_sweep_of_stats_in_path_order() -> None:
     c = Counted("rclone")
     a, b, k = c.obj(b"a"), c.obj(b"b"), c.obj(b"k")
-    c.stat(k, a, b)  # LIST of three hashed objects: one stat each (rclone's own order)
+    c.stat(a, b, k)  # LIST of three hashed objects: one stat each, in name order
     c.clock.advance(0.05)
     c.stat(b)  # a HEAD: a new request (past list_gap and request_gap) ...
     c.clock.advance(0.05)
@@ -388,10 +388,30 @@ def test_rclone_list_slowed_down_between_stats_is_still_one_list() -> None:
     c.counting.commit_heads()
     assert c.counts() == {"list_count": 1}
     c.stat(a, step=0.005)
-    c.stat(k, step=0.005)
-    c.stat(b, step=0.005)  # lone stats of every object of the directory: a LIST too
+    c.stat(b, step=0.005)
+    c.stat(k, step=0.005)  # lone stats of every object of the directory: a LIST too
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"list_count": 2}
+
+
+def test_rclone_quick_heads_of_every_object_out_of_name_order_are_heads() -> None:
+    """rclone stats a LIST's objects in ascending name order (traced: 1.75.2
+    sorts a directory's entries, bytewise); a client's HEADs of every object of
+    a small directory, each soon after the last, are HEADs unless they happen
+    to come in that order (then they are the same stats as a LIST)."""
+    c = Counted("rclone")
+    a, b, k = c.obj(b"a"), c.obj(b"b"), c.obj(b"k")
+    c.names = frozenset((b"a", b"b", b"k"))
+    c.stat(b, step=0.005)
+    c.stat(a, step=0.005)
+    c.stat(k, step=0.005)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 3}
+    k10, k9 = c.obj(b"k10"), c.obj(b"k9")
+    c.names = frozenset((b"a", b"b", b"k", b"k10", b"k9"))
+    c.stat(a, b, k, k10, k9, step=0.005)  # bytewise: k10 before k9
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 3, "list_count": 1}
 
 
 def test_rclone_quick_heads_of_some_objects_are_heads() -> None:
