@@ -45,6 +45,7 @@ class Counting:
         self.clock = clock
         self.lookups = Lookups(self.profile, names_in)  # HEADs and LISTs not counted yet
         self.serving: dict[Node, int] = {}  # open handles counted as a GET, per node
+        self.ranged: set[Node] = set()  # whose latest GET is a range GET (no check after it)
         self.reading_dirs: dict[Node, int] = {}  # open directory handles, per directory
         # Objects unlinked within overwrite_window, not yet counted as DELETE:
         # (directory key, name) -> (when, bucket, the object's node if known).
@@ -88,17 +89,18 @@ class Counting:
         if not self.profile.hash_read_size:
             self._count_get(node)
             return Reading.COUNTED
-        if node in self.serving:  # the server's second handle of a range GET
-            self.lookups.drop(node, self.profile.stats_after_hash)
+        if node in self.serving:  # the server's second handle of a range GET (its
+            self._ranged(node)  # stats came while serving: no units to drop)
             return Reading.SAME_GET
         return Reading.PENDING  # (a hash read is no use of the object: busy_at stays)
 
     def first_read(self, node: Node, offset: int, size: int) -> Reading:
         """The first read of a PENDING handle: a hash read or a GET."""
         if offset == 0 and size == self.profile.hash_read_size:
-            self.lookups.hashing(node, self.profile.stats_after_hash)
+            self.lookups.hashing(node, self.profile.stats_after_hash, self.clock())
             return Reading.HASH
         if node in self.serving:
+            self._ranged(node)
             return Reading.SAME_GET
         self._count_get(node, seeked=offset > 0)
         return Reading.COUNTED
@@ -116,9 +118,20 @@ class Counting:
         self._used(node)
         more = self.profile.stats_before_seek if seeked else 0
         self.lookups.drop_for_get(node, self.profile.stats_before_get + more,
-                                  self.profile.stats_after_hash + more)
+                                  self.profile.stats_after_hash + more, self.clock())
         self.serving[node] = self.serving.get(node, 0) + 1
+        if seeked:
+            self._ranged(node)
+        else:
+            self.ranged.discard(node)  # (a second handle may still make it one)
         self._add(node, GET)
+
+    def _ranged(self, node: Node) -> None:
+        """*node* serves a range GET: rclone stats an object once more after a
+        GET read to its end through one handle, never after a range GET (two
+        handles; traced, a range ending at the last byte too)."""
+        self.ranged.add(node)
+        node.owed = 0
 
     def written(self, node: Node) -> None:
         """New content (created, truncated or written): a PUT when it is closed."""
@@ -161,15 +174,20 @@ class Counting:
             self.lookups.drop(node)
             self._landed(parent, node)
 
-    def deleted(self, parent: Node, name: bytes, mode: int, node: Node | None = None) -> None:
-        """The name *parent*/*name* (a file of *mode*, *node* if known) was
-        unlinked: a DELETE if it was an object."""
+    def deleted(self, parent: Node, name: bytes, mode: int, node: Node | None = None,
+                age: float | None = None) -> None:
+        """The name *parent*/*name* (a file of *mode*, *node* if known, its
+        inode changed *age* seconds before) was unlinked: a DELETE if it was an
+        object."""
         if node is not None:
             self.lookups.drop(node, self.profile.stats_before_delete)
         if stat.S_ISREG(mode) and self.objects.is_object(parent, name):
             bucket = parent.load_bucket()
             if bucket is None:
                 return
+            if age is not None:
+                now = self.clock()
+                self.lookups.unlinked(parent, name, now, now - age)
             if self.profile.overwrite_window:  # counted unless an upload takes its place
                 self.unlinked[(parent.key, name)] = (self.clock(), bucket, node)
             else:
@@ -215,7 +233,7 @@ class Counting:
         bucket = node.load_bucket()
         if bucket is not None:
             self.book.add(bucket, BYTES_READ, n)
-        if at_end:
+        if at_end and node not in self.ranged:
             node.owed = self.profile.checks_after_use
 
     def bytes_written(self, node: Node, n: int) -> None:
@@ -237,6 +255,7 @@ class Counting:
         HEADs, lookups.py), and the unlinks that no upload replaced within the
         profile's overwrite window."""
         now = self.clock()
+        self.ranged = {node for node in self.ranged if node.open}
         window = self.profile.overwrite_window
         for key, (at, owner, _) in list(self.unlinked.items()):
             if everything or now - at >= window:

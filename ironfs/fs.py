@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections import Counter
 from collections.abc import Sequence
 
@@ -257,7 +258,7 @@ class IronFS(pyfuse3.Operations):
         with self.accounting.reserve(self.accounting.removal(parent, name, st, node)):
             os.unlink(path)
         self.scans.unnamed(parent, name, st)
-        self.counting.deleted(parent, name, st.st_mode, node)
+        self.counting.deleted(parent, name, st.st_mode, node, time.time() - st.st_ctime)
         self._forget_name(parent, name, st)
 
     @async_handler

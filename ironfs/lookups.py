@@ -13,8 +13,8 @@ No pyfuse3, no trio; the time comes from the caller.
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Callable
-from itertools import pairwise
 
 from .inodes import Node
 from .ledger import Bucket
@@ -23,6 +23,11 @@ from .rules import Profile
 #: A lookup of an object counts as HEAD (or LIST) unless a GET of it follows
 #: within this time.
 HEAD_WAIT = 0.5
+
+#: A GET right after a hash read of its object starts within this time of the
+#: hash's last read (two stats, an open): an older hash read was another
+#: request's (a LIST's or a HEAD's, whose unit it keeps).
+HASH_GET_GAP = 0.25
 
 #: The objects of a directory whose inodes are older than some seconds (reads
 #: it), or None if unknown.
@@ -66,17 +71,21 @@ class Unit:
     """One request's stats of one object, not yet known to be part of a GET,
     a DELETE or an overwrite: a HEAD, or one object of a LIST."""
 
-    __slots__ = ("sweep", "hashed")
+    __slots__ = ("sweep", "hashed", "hash_seen")
 
     def __init__(self, sweep: Sweep) -> None:
         self.sweep = sweep
         self.hashed = False  # the server read the object whole to hash it
+        self.hash_seen = 0.0  # when that hash read was last seen reading
 
 
 class Lookups:
     def __init__(self, profile: Profile, names_in: NamesIn) -> None:
         self.profile = profile
         self.names_in = names_in
+        # Objects unlinked since the oldest sweep began, per directory: (when,
+        # name, when it was made): a LIST that began before was of them too.
+        self.gone: dict[Node, list[tuple[float, bytes, float]]] = {}
         # Objects looked up and not yet matched to another request: their units,
         # oldest first (one per lookup when the profile counts stats per request).
         self.units: dict[Node, list[Unit]] = {}
@@ -87,6 +96,8 @@ class Lookups:
         """Keeps *node*'s latest sweep going; whether it has a unit."""
         units = self.units.get(node)
         if units:
+            if units[-1].hashed:
+                units[-1].hash_seen = now
             sweep = units[-1].sweep
             sweep.last_seen = now
             if self.profile.list_gap:
@@ -101,13 +112,15 @@ class Lookups:
 
     def _sweep_for(self, bucket: Bucket, node: Node, now: float) -> Sweep:
         """The sweep *node*'s lookup continues (its directory's latest, last
-        seen within the profile's list_gap, not holding it yet), or a new one."""
+        seen within the profile's list_gap, *node* after its objects in name
+        order: a LIST stats them ascending), or a new one."""
         directory = node.parent
         assert directory is not None  # an object has a directory
         gap = self.profile.list_gap
         if gap:
             sweep = self.latest.get(directory)
-            if sweep is not None and now - sweep.last_seen <= gap and node not in sweep.members:
+            if sweep is not None and now - sweep.last_seen <= gap and node not in sweep.members \
+                    and (not sweep.members or next(reversed(sweep.members)).name < node.name):
                 sweep.last_seen = now
                 return sweep
         sweep = Sweep(bucket, directory, now)
@@ -116,22 +129,28 @@ class Lookups:
             self.latest[directory] = sweep
         return sweep
 
-    def hashing(self, node: Node, stats: int) -> None:
+    def unlinked(self, directory: Node, name: bytes, now: float, made: float) -> None:
+        """The object *directory*/*name*, made at *made*, was unlinked."""
+        if self.profile.list_gap:
+            self.gone.setdefault(directory, []).append((now, name, made))
+
+    def hashing(self, node: Node, stats: int, now: float) -> None:
         """The server hashes *node* after *stats* stats of it: those are one
         request (a HEAD, a LIST's, or the start of a GET)."""
         tail = self._plain_tail(node, stats)
         if tail:
             tail[0].hashed = True
+            tail[0].hash_seen = now
             for unit in tail[1:]:
                 self._drop_unit(node, unit)
 
-    def drop_for_get(self, node: Node, before: int, after_hash: int) -> None:
+    def drop_for_get(self, node: Node, before: int, after_hash: int, now: float) -> None:
         """A GET of *node*: its last *before* units, or *after_hash* of them and
-        the hash read's unit before them."""
+        the hash read's unit before them if that hash read just ended."""
         if self.drop(node, before) == after_hash:
             units = self.units.get(node)
-            if units and units[-1].hashed:  # the hash read was this GET's
-                self._drop_unit(node, units[-1])
+            if units and units[-1].hashed and now - units[-1].hash_seen <= HASH_GET_GAP:
+                self._drop_unit(node, units[-1])  # the hash read was this GET's
 
     def _plain_tail(self, node: Node, most: int) -> list[Unit]:
         """*node*'s latest units up to *most*, back to its last hashed one."""
@@ -177,6 +196,9 @@ class Lookups:
         done: list[tuple[Bucket, bool, int]] = []
         ready: list[Sweep] = []
         waiting: list[Sweep] = []
+        # In the order they started (chains are joined in that order, and
+        # ascending): a held chain's sweeps were put before the waiting ones.
+        self.sweeps.sort(key=lambda s: s.first_seen)
         for sweep in self.sweeps:
             if sweep.members and not everything and now - sweep.last_seen < HEAD_WAIT:
                 waiting.append(sweep)
@@ -192,6 +214,9 @@ class Lookups:
         self.sweeps = [s for s in self.sweeps if id(s) in held] + waiting
         if self.profile.list_gap:
             self.latest = {s.directory: s for s in self.sweeps}
+            oldest = min((s.first_seen for s in self.sweeps), default=now)
+            self.gone = {d: kept for d, gone in self.gone.items()
+                         if (kept := [g for g in gone if g[0] >= oldest])}
         return done
 
     def _still_open(self, chain: list[Sweep], waiting: list[Sweep], starts: list[float]) -> bool:
@@ -226,27 +251,52 @@ class Lookups:
 
     def _may_continue(self, last: Sweep, later: Sweep, chain: list[Sweep] | None = None) -> bool:
         """Whether *later* goes on *chain* (ending with *last*): a related
-        directory, soon enough, objects not in it yet."""
+        directory, soon enough, objects not in it yet and, in a directory the
+        chain has been in, after its objects there in name order (rclone stats
+        a directory's objects ascending; a client's request just before a LIST
+        is of any object, often one after the LIST's first)."""
         if not later.members or not _related(later.directory, last.directory):
             return False
         if later.first_seen - last.last_seen > self.profile.list_merge_gap:
             return False
-        return not any(s.members.keys() & later.members.keys() for s in chain or [last])
+        sweeps = chain or [last]
+        if any(s.members.keys() & later.members.keys() for s in sweeps):
+            return False
+        before = next((s for s in reversed(sweeps) if s.directory is later.directory and s.members), None)
+        return before is None or next(reversed(before.members)).name < next(iter(later.members)).name
 
     def _is_list(self, chain: list[Sweep], now: float) -> bool:
         """A chain is a LIST if one of its sweeps holds two objects or more, or
-        if its lone lookups are of every object that was in the directory, in
-        ascending name order (the server's; a client's HEADs come in any)."""
-        if any(len(s.members) > 1 for s in chain):
-            return True
-        if len(chain) < 2 or any(s.directory is not chain[0].directory for s in chain):
-            return False
+        if its lone lookups are of every object that was in its directory (a
+        chain's objects of one directory come in ascending name order: see
+        _may_continue).  A sweep of just two objects is a LIST only if they are
+        every object there that begins with their common prefix (a LIST's, of
+        that prefix or a shorter one; rclone stats only the objects a LIST's
+        prefix matches): a client's HEAD right after another, its stat within
+        list_gap of the first's hash read, shares that sweep."""
         seen = [n.name for s in chain for n in s.members]
-        if any(a >= b for a, b in pairwise(seen)):
-            return False
-        # (objects made since the LIST began were not in it; those deleted since are gone)
-        names = self.names_in(chain[0].directory, now - chain[0].first_seen)
-        return names is not None and names <= {n.name for s in chain for n in s.members}
+        swept = any(len(s.members) > 1 for s in chain)
+        directory = chain[0].directory
+        if len(seen) < 2 or any(s.directory is not directory for s in chain):
+            return swept
+        if swept and len(seen) > 2:
+            return True
+        names = self._names_then(directory, chain[0].first_seen, now)
+        if names is None:  # too large to read: a sweep of two is a LIST, lone lookups HEADs
+            return swept
+        if swept:
+            prefix = os.path.commonprefix(seen) or b""
+            names = {name for name in names if name.startswith(prefix)}
+        return names <= set(seen)
+
+    def _names_then(self, directory: Node, start: float, now: float) -> set[bytes] | None:
+        """The objects in *directory* at *start* (reads it): those there now and
+        made before, and those unlinked since; None if it is too large to read."""
+        names = self.names_in(directory, now - start)
+        if names is None:
+            return None
+        return set(names) | {name for at, name, made in self.gone.get(directory, ())
+                             if made < start <= at}
 
     def _close(self, chain: list[Sweep], now: float) -> tuple[Bucket, bool, int]:
         """*chain* is counted: its units are forgotten."""

@@ -200,19 +200,24 @@ class BackingTree:
 
     def object_names_in(self, directory: Node, age: float) -> frozenset[bytes] | None:
         """Names of the objects directly in *directory* whose inode changed more
-        than *age* seconds ago (reads it, a stat each), or None when it is too
-        large to read on the request loop (LIST_READ_LIMIT bytes)."""
+        than *age* seconds ago (reads it, a stat each): none if it was removed
+        (rclone removes a prefix's directory with its last object), None when
+        it is too large to read on the request loop (LIST_READ_LIMIT bytes)."""
         path = self.inodes.path(directory)
         profile = self.cfg.profile
         before = time.time() - age
+        if path is None:
+            return frozenset()
         try:
-            if path is None or not directory.in_bucket or os.lstat(path).st_size > LIST_READ_LIMIT:
+            if not directory.in_bucket or os.lstat(path).st_size > LIST_READ_LIMIT:
                 return None
             with os.scandir(path) as entries:
                 return frozenset(e.name for e in entries
                                  if profile.is_object_name(e.name) and e.is_file(follow_symlinks=False)
                                  and e.stat(follow_symlinks=False).st_ctime < before)
-        except OSError:  # gone meanwhile: nothing to compare with
+        except FileNotFoundError:  # removed meanwhile
+            return frozenset()
+        except OSError:
             return None
 
     def count_objects(self, parent: Node, name: bytes) -> int:

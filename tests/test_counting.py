@@ -220,6 +220,57 @@ def test_rclone_get_after_a_head_of_the_same_object_leaves_the_head() -> None:
     assert c.counts() == {"head_count": 1, "get_count": 1, "bytes_read": 10}
 
 
+def test_rclone_second_handle_of_a_range_get_leaves_an_earlier_head() -> None:
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node)  # HEAD
+    c.clock.advance(0.05)
+    c.stat(node, node, node)  # a range GET: two stats and its first open's lookup ...
+    first = c.open_read(node, SERVE)
+    c.stat(node, node)  # ... a stat and the second open's lookup while it serves ...
+    second = c.open_read(node)  # ... and the second handle: nothing more to match
+    c.close_read(node, second)
+    c.close_read(node, first)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "get_count": 1}
+
+
+def test_rclone_range_get_read_to_the_end_is_not_checked_after() -> None:
+    """rclone 1.75.2 stats an object once more after a GET read to its end
+    through one handle, never after a range GET (traced: nor when the range
+    ends at the last byte), so a client's HEAD soon after is a HEAD."""
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node, node, node, node, node)  # 3 stats, 2 opens' lookups
+    unread = c.open_read(node)
+    served = c.open_read(node, (4000, 4096))
+    c.counting.bytes_read(node, 1000, at_end=True)
+    c.close_read(node, unread)
+    c.close_read(node, served)
+    c.clock.advance(0.05)
+    c.stat(node)  # HEAD
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "get_count": 1, "bytes_read": 1000}
+
+
+def test_rclone_get_long_after_a_hash_read_is_not_its_request() -> None:
+    """A LIST of one object not hashed yet (two stats, a hash read: a HEAD's
+    count), then 0.3 s later a range GET with as many lookups as one right
+    after a hash read: that hash read was the LIST's, which stays counted."""
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node, node)
+    c.read_once(node, HASH)
+    c.clock.advance(0.3)
+    c.stat(node, node, node, node)
+    unread = c.open_read(node)
+    served = c.open_read(node, (4000, 4096))
+    c.close_read(node, unread)
+    c.close_read(node, served)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "get_count": 1}
+
+
 def test_generic_counts_every_read_only_open() -> None:
     c = Counted()
     node = c.obj()
@@ -382,8 +433,8 @@ def test_rclone_list_slowed_down_between_stats_is_still_one_list() -> None:
     c = Counted("rclone")
     a, b, k = c.obj(b"a"), c.obj(b"b"), c.obj(b"k")
     c.names = frozenset((b"a", b"b", b"k"))
-    c.stat(b, step=0.005)  # each stat further apart than list_gap...
-    c.stat(k, a)  # ... and then two close together: one LIST
+    c.stat(a, step=0.005)  # each stat further apart than list_gap...
+    c.stat(b, k)  # ... and then two close together (name order, as rclone's): one LIST
     c.clock.advance(HEAD_WAIT + 0.1)
     c.counting.commit_heads()
     assert c.counts() == {"list_count": 1}
@@ -427,6 +478,75 @@ def test_rclone_quick_heads_of_some_objects_are_heads() -> None:
     c.stat(b, step=0.005)
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"head_count": 4}
+
+
+def test_rclone_head_just_before_a_list_of_its_directory_stays_a_head() -> None:
+    """A client's HEAD, then its LIST of the directory a few ms later: the
+    LIST's stats come in ascending name order from the first name, so a HEAD
+    of a later name is no part of it (the mixed workload made one LIST of the
+    HEAD and the first objects, and another of the rest)."""
+    c = Counted("rclone")
+    names = (b"k15", b"k16", b"k17", b"k2", b"k3")
+    nodes = {name: c.obj(name) for name in names}
+    c.names = frozenset(names)
+    c.stat(nodes[b"k17"], step=0.005)  # HEAD
+    c.stat(*(nodes[name] for name in names[:2]), step=0.001)  # LIST: a sweep ...
+    c.clock.advance(0.004)  # (rclone hashing, say)
+    c.stat(*(nodes[name] for name in names[2:]), step=0.001)  # ... and another
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 1, "list_count": 1}
+
+
+def test_rclone_lone_stats_miss_no_object_deleted_since_they_began() -> None:
+    """Lone stats of a directory's objects in name order are a LIST only if
+    they are of every object it held when they began: an object unlinked
+    since (gone from the disk when they are counted, half a second later)
+    still counts, one made since does not."""
+    c = Counted("rclone")
+    mode = reg().st_mode
+    a, b = c.obj(b"a"), c.obj(b"b")
+    c.names = frozenset((b"a", b"b"))  # on disk, and older than the stats, when they are counted
+    c.stat(a, step=0.005)
+    c.stat(b, step=0.005)  # HEADs of a and b ...
+    c.counting.deleted(c.world.d1, b"c", mode, None, age=60.0)  # ... and c, there before them, deleted
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2, "delete_count": 1}
+    c.clock.advance(1)
+    c.stat(a, step=0.005)
+    c.stat(b, step=0.005)  # a LIST, slowed down ...
+    c.counting.deleted(c.world.d1, b"d", mode, None, age=0.001)  # ... d, made after it began, deleted
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2, "delete_count": 2, "list_count": 1}
+    c.clock.advance(1)
+    c.stat(a, step=0.005)
+    c.stat(b, step=0.005)  # a LIST, slowed down, then a DELETE of both (a stat, an unlink) ...
+    for node in (a, b):
+        c.stat(node, step=0.005)
+        c.counting.deleted(c.world.d1, node.name, mode, node, age=60.0)
+    c.names = frozenset()  # ... and of their directory with them
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2, "delete_count": 4, "list_count": 2}
+
+
+def test_rclone_two_heads_one_right_after_the_other_are_heads() -> None:
+    """Two HEADs, the second's stat within 2 ms of the first's last read (of
+    its hash, say): one sweep, but not of every object that begins with their
+    common prefix, as a LIST's of two would be (of its directory, or of a
+    prefix: rclone stats only the objects a LIST's prefix matches, traced)."""
+    c = Counted("rclone")
+    k1, k16, k2, k26 = (c.obj(name) for name in (b"k1", b"k16", b"k2", b"k26"))
+    c.names = frozenset((b"k1", b"k16", b"k2", b"k26"))
+    c.stat(k16, k26)  # HEADs ("k" begins all four)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2}
+    c.clock.advance(1)
+    c.stat(k2, k26)  # a LIST of prefix "k2"
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2, "list_count": 1}
+    c.names = None  # a directory too large to read: two in a sweep are a LIST
+    c.stat(k16, k26)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"head_count": 2, "list_count": 2}
 
 
 def test_a_lookup_of_a_file_being_written_is_no_head() -> None:
