@@ -38,11 +38,13 @@ class RcloneS3:
                     raise RuntimeError(f"rclone did not start:\n{self.log.read_text()}") from None
                 time.sleep(0.1)
 
-    def client(self):
+    def client(self, retries: int = 0):
+        """A boto3 client; *retries*: how many times it sends a request again
+        after an error it deems retryable (boto3's default is 4)."""
         return boto3.client(
             "s3", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
             aws_access_key_id=KEY, aws_secret_access_key=SECRET,
-            config=Config(retries={"max_attempts": 0}, s3={"addressing_style": "path"},
+            config=Config(retries={"max_attempts": retries}, s3={"addressing_style": "path"},
                           request_checksum_calculation="when_required",
                           response_checksum_validation="when_required"))
 

@@ -173,6 +173,34 @@ def test_an_overwrite_is_one_put_and_no_delete(stack: tuple[Mount, RcloneS3]) ->
     assert ledger(m.mnt, "overwritten") == scan(m.backing, "overwritten", "rclone") == (0, 0)
 
 
+def test_a_retried_refused_multipart_completion_gets_no_such_upload(
+        stack: tuple[Mount, RcloneS3]) -> None:
+    """boto3 sends a CompleteMultipartUpload refused with a 500 again; rclone
+    dropped the upload with the refusal, so the retry gets 404 NoSuchUpload:
+    one refusal counted, nothing left behind."""
+    m, server = stack
+    s3 = server.client(retries=1)
+    s3.create_bucket(Bucket="retried-mpu")
+    os.setxattr(m.mnt / "retried-mpu", "user.ironfs.max_bytes", b"6MiB")
+    upload = s3.create_multipart_upload(Bucket="retried-mpu", Key="big")["UploadId"]
+    parts = [{"ETag": s3.upload_part(Bucket="retried-mpu", Key="big", UploadId=upload, PartNumber=n,
+                                     Body=bytes([n]) * 5 * MiB)["ETag"], "PartNumber": n}
+             for n in (1, 2)]
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(Bucket="retried-mpu", Key="big", UploadId=upload,
+                                     MultipartUpload={"Parts": parts})
+    response = info.value.response
+    print("retried refused completion answered:", response["ResponseMetadata"]["HTTPStatusCode"],
+          response["Error"]["Code"], "after", response["ResponseMetadata"]["RetryAttempts"], "retry")
+    assert response["ResponseMetadata"]["RetryAttempts"] == 1
+    assert (response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]) == (
+        404, "NoSuchUpload")
+    settle()
+    assert stats(m, "retried-mpu")["quota_rejections"] == 1
+    assert not (m.backing / "retried-mpu" / "big").exists() and leftovers(m, "retried-mpu") == []
+    assert ledger(m.mnt, "retried-mpu") == scan(m.backing, "retried-mpu") == (0, 0)
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_counters_match_a_mixed_workload(stack: tuple[Mount, RcloneS3], seed: int) -> None:
     """Eight clients, 150 requests each, near a full 64 MiB bucket."""
