@@ -173,6 +173,23 @@ def test_an_overwrite_is_one_put_and_no_delete(stack: tuple[Mount, RcloneS3]) ->
     assert ledger(m.mnt, "overwritten") == scan(m.backing, "overwritten", "rclone") == (0, 0)
 
 
+def test_a_retried_refused_put_is_refused_and_counted_again(stack: tuple[Mount, RcloneS3]) -> None:
+    """boto3 sends a PUT refused with a 500 again: each attempt is a refused
+    request, counted in quota_rejections."""
+    m, server = stack
+    s3 = server.client(retries=2)
+    s3.create_bucket(Bucket="retried-put")
+    os.setxattr(m.mnt / "retried-put", "user.ironfs.max_bytes", b"4KiB")
+    with pytest.raises(ClientError) as info:
+        s3.put_object(Bucket="retried-put", Key="k", Body=b"x" * 8192)
+    meta = info.value.response["ResponseMetadata"]
+    assert (meta["HTTPStatusCode"], meta["RetryAttempts"]) == (500, 2)
+    settle()
+    assert stats(m, "retried-put")["quota_rejections"] == 3
+    assert stats(m, "retried-put")["put_count"] == 0
+    assert leftovers(m, "retried-put") == [] and ledger(m.mnt, "retried-put") == (0, 0)
+
+
 def test_a_retried_refused_multipart_completion_gets_no_such_upload(
         stack: tuple[Mount, RcloneS3]) -> None:
     """boto3 sends a CompleteMultipartUpload refused with a 500 again; rclone
