@@ -83,6 +83,8 @@ class Counting:
         if not node.in_bucket:
             return Reading.NOT_READING
         if not reading or not self.objects.node_is_object(node):
+            if node.parent is not None:
+                self.lookups.touch(node.parent, self.clock())  # (an upload staged in it, say)
             self._used(node)
             self.lookups.drop(node)
             return Reading.NOT_READING
@@ -161,6 +163,7 @@ class Counting:
         the visible name *parent*/*name*: one upload completed, multipart if the
         profile says so (and the unlink of the object it replaces was no DELETE,
         unless that unlink came before this upload began: a DELETE, then a PUT)."""
+        self.lookups.touch(parent, self.clock())
         replaced = self.unlinked.pop((parent.key, name), None)
         if replaced is not None and node is not None and node.fresh is not None and node.fresh > replaced[0]:
             self.book.add(replaced[1], DELETE)
@@ -179,6 +182,7 @@ class Counting:
         """The name *parent*/*name* (a file of *mode*, *node* if known, its
         inode changed *age* seconds before) was unlinked: a DELETE if it was an
         object."""
+        self.lookups.touch(parent, self.clock())
         if node is not None:
             self.lookups.drop(node, self.profile.stats_before_delete)
         if stat.S_ISREG(mode) and self.objects.is_object(parent, name):
@@ -208,6 +212,7 @@ class Counting:
         """A directory was opened for reading: inside a bucket, a LIST unless
         the profile counts LISTs from lookups (list_gap)."""
         self.reading_dirs[directory] = self.reading_dirs.get(directory, 0) + 1
+        self.lookups.touch(directory, self.clock())
         if self.profile.list_gap:
             return
         if directory.in_bucket and not directory.is_state and not self.objects.in_hidden_dir(directory):

@@ -33,6 +33,15 @@ HASH_GET_GAP = 0.25
 #: it), or None if unknown.
 NamesIn = Callable[[Node, float], frozenset[bytes] | None]
 
+#: The most pieces one LIST interrupted longer than list_merge_gap is joined
+#: from (a first object split off, the rest, a last one: the cases seen); a
+#: run of one directory's chains ends there, so none is held longer than a
+#: few HEAD_WAITs and a tick's work stays in proportion to its lookups.
+MAX_FRAGMENTS = 3
+
+#: What _names_then said, by the time it was asked about (read once per tick).
+Names = dict[float, set[bytes] | None]
+
 
 class Sweep:
     """Objects of one directory looked up one after the other, each soon after
@@ -86,6 +95,9 @@ class Lookups:
         # Objects unlinked since the oldest sweep began, per directory: (when,
         # name, when it was made): a LIST that began before was of them too.
         self.gone: dict[Node, list[tuple[float, bytes, float]]] = {}
+        # When each directory was changed or read since the oldest sweep began:
+        # no LIST goes on across that (see _runs).
+        self.touched: dict[Node, list[float]] = {}
         # Objects looked up and not yet matched to another request: their units,
         # oldest first (one per lookup when the profile counts stats per request).
         self.units: dict[Node, list[Unit]] = {}
@@ -133,6 +145,15 @@ class Lookups:
         """The object *directory*/*name*, made at *made*, was unlinked."""
         if self.profile.list_gap:
             self.gone.setdefault(directory, []).append((now, name, made))
+
+    def touch(self, directory: Node, now: float) -> None:
+        """*directory* was changed (an object made, published or unlinked in
+        it) or opened for reading."""
+        if self.profile.list_gap:
+            self.touched.setdefault(directory, []).append(now)
+
+    def _touched_between(self, directory: Node, start: float, end: float) -> bool:
+        return any(start < at < end for at in self.touched.get(directory, ()))
 
     def hashing(self, node: Node, stats: int, now: float) -> None:
         """The server hashes *node* after *stats* stats of it: those are one
@@ -206,18 +227,131 @@ class Lookups:
                 ready.append(sweep)
         held: set[int] = set()
         starts = [s.first_seen for s in waiting]
-        for chain in self._chains(ready):
-            if self._still_open(chain, waiting, starts):
-                held.update(map(id, chain))  # a fragment of it is still open
+        chains = self._chains(ready)
+        if not self.profile.list_merge_gap:  # (no chains, no runs: each sweep on its own)
+            runs = [[chain] for chain in chains]
+        else:
+            runs = self._runs(chains)
+        by_dir: dict[Node, list[Sweep]] = {}  # every sweep, in the order they started
+        for sweep in self.sweeps:
+            by_dir.setdefault(sweep.directory, []).append(sweep)
+        waiting_ids = {id(s) for s in waiting}
+        for run in runs:
+            if any(self._still_open(chain, waiting, starts) for chain in run) \
+                    or self._run_goes_on(run, by_dir, waiting_ids):
+                held.update(id(s) for chain in run for s in chain)  # a fragment of it is still open
                 continue
-            done.append(self._close(chain, now))
+            for chain in self._completed(run, now):
+                done.append(self._close(chain, now))
         self.sweeps = [s for s in self.sweeps if id(s) in held] + waiting
         if self.profile.list_gap:
             self.latest = {s.directory: s for s in self.sweeps}
             oldest = min((s.first_seen for s in self.sweeps), default=now)
             self.gone = {d: kept for d, gone in self.gone.items()
                          if (kept := [g for g in gone if g[0] >= oldest])}
+            self.touched = {d: recent for d, touched in self.touched.items()
+                            if (recent := [at for at in touched if at >= oldest])}
         return done
+
+    @staticmethod
+    def _directory_of(chain: list[Sweep]) -> Node | None:
+        """The one directory *chain* is in, None if it spans several."""
+        directory = chain[0].directory
+        return directory if all(s.directory is directory for s in chain) else None
+
+    def _runs(self, chains: list[list[Sweep]]) -> list[list[list[Sweep]]]:
+        """*chains* (in the order they started) as runs: chains of one
+        directory one after the other, each of objects after the last one's in
+        name order and starting within HEAD_WAIT of its end (the fragments of
+        one LIST that the server was descheduled in the middle of, longer than
+        list_merge_gap), with no change to the directory and no read of it
+        in between (rclone's LIST waits for neither: a client's request
+        before one made them, and the LIST's own stat of an object may hide
+        in a directory read); any other chain is a run of its own."""
+        runs: list[list[list[Sweep]]] = []
+        last: dict[Node, list[list[Sweep]]] = {}  # each directory's latest run
+        for chain in chains:
+            directory = self._directory_of(chain)
+            run = last.get(directory) if directory is not None else None
+            end = run[-1][-1].last_seen if run is not None else 0.0
+            if run is not None and len(run) < MAX_FRAGMENTS and chain[0].first_seen - end <= HEAD_WAIT \
+                    and self._after(run, chain[0]) \
+                    and not self._touched_between(chain[0].directory, end, chain[0].first_seen):
+                run.append(chain)
+                continue
+            runs.append([chain])
+            for sweep in chain:  # (a chain spanning directories ends their runs)
+                last.pop(sweep.directory, None)
+            if directory is not None:
+                last[directory] = runs[-1]
+        return runs
+
+    @staticmethod
+    def _after(run: list[list[Sweep]], sweep: Sweep) -> bool:
+        """Whether *sweep*'s objects all come after *run*'s in name order (a
+        run's chains ascend: its last one holds its last name)."""
+        last = max(n.name for s in run[-1] for n in s.members)
+        return min(n.name for n in sweep.members) > last
+
+    def _run_goes_on(self, run: list[list[Sweep]], by_dir: dict[Node, list[Sweep]],
+                     waiting_ids: set[int]) -> bool:
+        """Whether the next sweep of *run*'s directory (*by_dir*: each
+        directory's sweeps in the order they started) is not due yet
+        (*waiting_ids*) and may be its next fragment."""
+        directory = self._directory_of(run[-1])
+        if directory is None or len(run) >= MAX_FRAGMENTS:
+            return False
+        last = run[-1][-1]
+        mine = {id(s) for chain in run for s in chain}
+        sweeps = by_dir.get(directory, [])
+        i = bisect.bisect_left(sweeps, last.first_seen, key=lambda s: s.first_seen)
+        after = next((sweeps[k] for k in range(i, len(sweeps)) if id(sweeps[k]) not in mine), None)
+        return after is not None and id(after) in waiting_ids \
+            and after.first_seen - last.last_seen <= HEAD_WAIT and self._after(run, after) \
+            and not self._touched_between(directory, last.last_seen, after.first_seen)
+
+    def _completed(self, run: list[list[Sweep]], now: float) -> list[list[Sweep]]:
+        """*run*'s chains, consecutive ones joined into one LIST where they
+        complete each other: together every object that begins with their
+        common prefix (three or more), one of them a sweep of two or more or a
+        chain of three or more, and one of them missing objects of its own
+        common prefix (a LIST stats every object its prefix matches, in name
+        order: an incomplete one was interrupted, and its other fragments are
+        the chains next to it)."""
+        if len(run) < 2:
+            return run
+        out: list[list[Sweep]] = []
+        names: Names = {}  # (each read once)
+        i = 0
+        while i < len(run):
+            for j in range(min(len(run), i + MAX_FRAGMENTS), i + 1, -1):
+                if self._complete(run[i:j], now, names):
+                    out.append([s for chain in run[i:j] for s in chain])
+                    i = j
+                    break
+            else:
+                out.append(run[i])
+                i += 1
+        return out
+
+    def _complete(self, group: list[list[Sweep]], now: float, names: Names) -> bool:
+        seen = [n.name for chain in group for s in chain for n in s.members]
+        if len(seen) < 3 or not any(len(s.members) > 1 or sum(len(t.members) for t in chain) > 2
+                                    for chain in group for s in chain):
+            return False  # (no sweep of two, no chain of three: HEADs as likely)
+        return self._covers(seen, group[0][0], now, names) and not all(
+            self._covers([n.name for s in chain for n in s.members], chain[0], now, names) for chain in group)
+
+    def _covers(self, seen: list[bytes], first: Sweep, now: float, names: Names) -> bool:
+        """Whether *seen* is every object of *first*'s directory, when it
+        began, that begins with their common prefix (False if unknown)."""
+        if first.first_seen not in names:
+            names[first.first_seen] = self._names_then(first.directory, first.first_seen, now)
+        there = names[first.first_seen]
+        if there is None:
+            return False
+        prefix = os.path.commonprefix(seen) or b""
+        return {name for name in there if name.startswith(prefix)} <= set(seen)
 
     def _still_open(self, chain: list[Sweep], waiting: list[Sweep], starts: list[float]) -> bool:
         """Whether a sweep not due yet may go on *chain* (*starts*: the waiting

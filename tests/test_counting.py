@@ -549,6 +549,85 @@ def test_rclone_two_heads_one_right_after_the_other_are_heads() -> None:
     assert c.counts() == {"head_count": 2, "list_count": 2}
 
 
+def test_rclone_list_interrupted_longer_than_list_merge_gap_is_one_list() -> None:
+    """rclone stats every object a LIST's prefix matches, in name order; on a
+    busy machine it may stall for tens of ms between two of them (the mixed
+    workload beside a CPU hog: up to 185 ms).  A chain missing objects of its
+    own common prefix was interrupted: the chains right before and after it
+    in that directory, which complete it, are its other fragments."""
+    c = Counted("rclone")
+    nodes = {name: c.obj(name) for name in (b"k1", b"k16", b"k2", b"k3")}
+    k1, k16, k2, k3 = nodes.values()
+    c.names = frozenset(nodes)
+    c.stat(k1)
+    c.clock.advance(0.3)  # a first fragment, alone ...
+    c.stat(k16, k2, k3)  # ... and the rest of the LIST
+    c.clock.advance(HEAD_WAIT - 0.25)
+    c.counting.commit_heads()
+    assert c.counts() == {}  # k1 is due, but what goes on after it is not yet
+    c.clock.advance(0.3)
+    c.counting.commit_heads()
+    assert c.counts() == {"list_count": 1}
+    c.stat(k1, k16)  # every object beginning with "k1" ...
+    c.clock.advance(0.03)
+    c.stat(k2, k3)  # ... then the rest ("k": k1 and k16 missing)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 2}
+    c.stat(k1, k16, k2)
+    c.clock.advance(0.03)
+    c.stat(k3)  # a trailing lone fragment
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 3}
+    c.stat(k1)
+    c.clock.advance(0.03)
+    for node in (k16, k2, k3):
+        c.stat(node, step=0.005)  # lone stats, each within list_merge_gap: a chain of three
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 4}
+
+
+def test_rclone_chains_that_complete_nothing_stay_apart() -> None:
+    """Chains of one directory in name order are one LIST only if one of them
+    lacks objects of its own prefix, one is a sweep of two or more, and they
+    are not split by a change or a read of the directory (a client's HEAD, a
+    PUT, then its LIST, whose own stat of the HEAD's object may come inside
+    rclone's re-read of the directory and be skipped)."""
+    c = Counted("rclone")
+    nodes = {name: c.obj(name) for name in (b"k1", b"k16", b"k2", b"k26")}
+    k1, k16, k2, k26 = nodes.values()
+    c.names = frozenset(nodes)
+    c.stat(k1, k16)  # a LIST of prefix "k1" ...
+    c.clock.advance(0.03)
+    c.stat(k2, k26)  # ... then one of "k2": each complete on its own
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 2}
+    c.stat(k1, step=0.03)
+    c.stat(k16, step=0.03)
+    c.stat(k2, step=0.03)
+    c.stat(k26, step=0.03)  # lone stats only, 30 ms apart: HEADs (or a LIST, unknowable)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 2, "head_count": 4}
+    c.stat(k1)  # a HEAD ...
+    c.clock.advance(0.1)
+    c.counting.listed(c.world.d1)  # ... a read of the directory ...
+    c.counting.unlisted(c.world.d1)
+    c.clock.advance(0.1)
+    c.stat(k16, k2, k26)  # ... and a LIST whose stat of k1 was not seen
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 3, "head_count": 5}
+    c.clock.advance(1)
+    mode = reg().st_mode
+    c.stat(k1)  # a HEAD, a DELETE of that object (a stat, an unlink) ...
+    c.clock.advance(0.05)
+    c.stat(k1)
+    c.counting.deleted(c.world.d1, b"k1", mode, k1, age=60.0)
+    c.names = frozenset((b"k16", b"k2", b"k26"))
+    c.clock.advance(0.1)
+    c.stat(k16, k2, k26)  # ... and a LIST of what is left: complete when it began
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 4, "head_count": 6, "delete_count": 1}
+
+
 def test_a_lookup_of_a_file_being_written_is_no_head() -> None:
     c = Counted()
     node = c.obj()
