@@ -39,8 +39,9 @@ NamesIn = Callable[[Node, float], frozenset[bytes] | None]
 #: few HEAD_WAITs and a tick's work stays in proportion to its lookups.
 MAX_FRAGMENTS = 3
 
-#: What _names_then said, by the time it was asked about (read once per tick).
-Names = dict[float, set[bytes] | None]
+#: What _names_then said, by directory and the time asked about: each read
+#: once per tick.
+Names = dict[tuple[Node, float], set[bytes] | None]
 
 
 class Sweep:
@@ -54,6 +55,13 @@ class Sweep:
         self.directory = directory
         self.members: dict[Node, int] = {}  # object -> requests it stands for
         self.first_seen = self.last_seen = now
+
+
+def _prefix_covered(there: set[bytes], seen: list[bytes]) -> bool:
+    """Whether *seen* holds every name of *there* that begins with the prefix
+    the names of *seen* share (what a LIST of that prefix stats)."""
+    prefix = os.path.commonprefix(seen) or b""
+    return {name for name in there if name.startswith(prefix)} <= set(seen)
 
 
 def _ancestors(directory: Node) -> list[Node]:
@@ -226,6 +234,7 @@ class Lookups:
             elif sweep.members:
                 ready.append(sweep)
         held: set[int] = set()
+        names: Names = {}
         starts = [s.first_seen for s in waiting]
         chains = self._chains(ready)
         if not self.profile.list_merge_gap:  # (no chains, no runs: each sweep on its own)
@@ -241,8 +250,8 @@ class Lookups:
                     or self._run_goes_on(run, by_dir, waiting_ids):
                 held.update(id(s) for chain in run for s in chain)  # a fragment of it is still open
                 continue
-            for chain in self._completed(run, now):
-                done.append(self._close(chain, now))
+            for chain in self._completed(run, now, names):
+                done.append(self._close(chain, now, names))
         self.sweeps = [s for s in self.sweeps if id(s) in held] + waiting
         if self.profile.list_gap:
             self.latest = {s.directory: s for s in self.sweeps}
@@ -310,7 +319,7 @@ class Lookups:
             and after.first_seen - last.last_seen <= HEAD_WAIT and self._after(run, after) \
             and not self._touched_between(directory, last.last_seen, after.first_seen)
 
-    def _completed(self, run: list[list[Sweep]], now: float) -> list[list[Sweep]]:
+    def _completed(self, run: list[list[Sweep]], now: float, names: Names) -> list[list[Sweep]]:
         """*run*'s chains, consecutive ones joined into one LIST where they
         complete each other: together every object that begins with their
         common prefix (three or more), one of them a sweep of two or more or a
@@ -321,7 +330,6 @@ class Lookups:
         if len(run) < 2:
             return run
         out: list[list[Sweep]] = []
-        names: Names = {}  # (each read once)
         i = 0
         while i < len(run):
             for j in range(min(len(run), i + MAX_FRAGMENTS), i + 1, -1):
@@ -345,13 +353,8 @@ class Lookups:
     def _covers(self, seen: list[bytes], first: Sweep, now: float, names: Names) -> bool:
         """Whether *seen* is every object of *first*'s directory, when it
         began, that begins with their common prefix (False if unknown)."""
-        if first.first_seen not in names:
-            names[first.first_seen] = self._names_then(first.directory, first.first_seen, now)
-        there = names[first.first_seen]
-        if there is None:
-            return False
-        prefix = os.path.commonprefix(seen) or b""
-        return {name for name in there if name.startswith(prefix)} <= set(seen)
+        there = self._names_at(first, now, names)
+        return there is not None and _prefix_covered(there, seen)
 
     def _still_open(self, chain: list[Sweep], waiting: list[Sweep], starts: list[float]) -> bool:
         """Whether a sweep not due yet may go on *chain* (*starts*: the waiting
@@ -399,7 +402,7 @@ class Lookups:
         before = next((s for s in reversed(sweeps) if s.directory is later.directory and s.members), None)
         return before is None or next(reversed(before.members)).name < next(iter(later.members)).name
 
-    def _is_list(self, chain: list[Sweep], now: float) -> bool:
+    def _is_list(self, chain: list[Sweep], now: float, names: Names) -> bool:
         """A chain is a LIST if one of its sweeps holds two objects or more, or
         if its lone lookups are of every object that was in its directory (a
         chain's objects of one directory come in ascending name order: see
@@ -415,24 +418,24 @@ class Lookups:
             return swept
         if swept and len(seen) > 2:
             return True
-        names = self._names_then(directory, chain[0].first_seen, now)
-        if names is None:  # too large to read: a sweep of two is a LIST, lone lookups HEADs
+        there = self._names_at(chain[0], now, names)
+        if there is None:  # too large to read: a sweep of two is a LIST, lone lookups HEADs
             return swept
-        if swept:
-            prefix = os.path.commonprefix(seen) or b""
-            names = {name for name in names if name.startswith(prefix)}
-        return names <= set(seen)
+        return _prefix_covered(there, seen) if swept else there <= set(seen)
 
-    def _names_then(self, directory: Node, start: float, now: float) -> set[bytes] | None:
-        """The objects in *directory* at *start* (reads it): those there now and
-        made before, and those unlinked since; None if it is too large to read."""
-        names = self.names_in(directory, now - start)
-        if names is None:
-            return None
-        return set(names) | {name for at, name, made in self.gone.get(directory, ())
-                             if made < start <= at}
+    def _names_at(self, first: Sweep, now: float, names: Names) -> set[bytes] | None:
+        """The objects in *first*'s directory when it began (reads it, once a
+        tick: *names*): those there now and made before, and those unlinked
+        since; None if it is too large to read."""
+        directory, start = first.directory, first.first_seen
+        key = (directory, start)
+        if key not in names:
+            there = self.names_in(directory, now - start)
+            names[key] = None if there is None else set(there) | {
+                name for at, name, made in self.gone.get(directory, ()) if made < start <= at}
+        return names[key]
 
-    def _close(self, chain: list[Sweep], now: float) -> tuple[Bucket, bool, int]:
+    def _close(self, chain: list[Sweep], now: float, names: Names) -> tuple[Bucket, bool, int]:
         """*chain* is counted: its units are forgotten."""
         for sweep in chain:
             for node in sweep.members:
@@ -442,4 +445,4 @@ class Lookups:
                 else:
                     self.units.pop(node, None)
         count = sum(n for s in chain for n in s.members.values())
-        return chain[0].bucket.load_live(), self._is_list(chain, now), count
+        return chain[0].bucket.load_live(), self._is_list(chain, now, names), count
