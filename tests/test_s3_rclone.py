@@ -107,31 +107,48 @@ def test_put_that_does_not_fit_fails_and_leaves_nothing(stack: tuple[Mount, Rclo
     assert stats(m, "small")["quota_rejections"] >= 1
 
 
+def refused_multipart(s3, bucket: str) -> tuple[str, ClientError]:
+    """Send a multipart upload of two 5 MiB parts into a 6 MiB bucket; returns
+    which request was refused ("UploadPart" or "CompleteMultipartUpload") and
+    its error.  rclone streams the parts into its temp file from a background
+    writer, so the refusal of part 2's bytes reaches whichever request is
+    running when the writer fails: usually the completion, UploadPart 2 on a
+    busy machine (both seen)."""
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="big")["UploadId"]
+    parts = []
+    try:
+        for n in (1, 2):
+            r = s3.upload_part(Bucket=bucket, Key="big", UploadId=upload, PartNumber=n,
+                               Body=bytes([n]) * 5 * MiB)
+            parts.append({"ETag": r["ETag"], "PartNumber": n})
+    except ClientError as error:
+        assert n == 2, "part 1 fits"
+        s3.abort_multipart_upload(Bucket=bucket, Key="big", UploadId=upload)  # it still exists
+        return "UploadPart", error
+    with pytest.raises(ClientError) as info:
+        s3.complete_multipart_upload(Bucket=bucket, Key="big", UploadId=upload,
+                                     MultipartUpload={"Parts": parts})
+    with pytest.raises(ClientError, match="NoSuchUpload"):  # dropped with the refusal
+        s3.abort_multipart_upload(Bucket=bucket, Key="big", UploadId=upload)
+    return "CompleteMultipartUpload", info.value
+
+
 def test_multipart_upload_that_does_not_fit_leaves_nothing(stack: tuple[Mount, RcloneS3]) -> None:
     m, server = stack
     s3 = server.client()
     s3.create_bucket(Bucket="small-mpu")
     os.setxattr(m.mnt / "small-mpu", "user.ironfs.max_bytes", b"6MiB")
-    upload = s3.create_multipart_upload(Bucket="small-mpu", Key="big")
-    parts = []
-    for n in (1, 2):  # parts stream into .rclone_temp_multipart_* in the key's directory
-        r = s3.upload_part(Bucket="small-mpu", Key="big", UploadId=upload["UploadId"],
-                           PartNumber=n, Body=bytes([n]) * 5 * MiB)
-        parts.append({"ETag": r["ETag"], "PartNumber": n})
-    with pytest.raises(ClientError) as info:
-        s3.complete_multipart_upload(Bucket="small-mpu", Key="big", UploadId=upload["UploadId"],
-                                     MultipartUpload={"Parts": parts})
-    status = info.value.response["ResponseMetadata"]["HTTPStatusCode"]
-    code = info.value.response["Error"]["Code"]
-    print("refused multipart completion answered:", status, code)
+    refused, error = refused_multipart(s3, "small-mpu")
+    status = error.response["ResponseMetadata"]["HTTPStatusCode"]
+    code = error.response["Error"]["Code"]
+    print("refused multipart upload:", refused, "answered", status, code)
     assert status == 500 and code == "InternalError"
-    try:
-        s3.abort_multipart_upload(Bucket="small-mpu", Key="big", UploadId=upload["UploadId"])
-    except ClientError:
-        pass
     time.sleep(0.3)
     assert not (m.backing / "small-mpu" / "big").exists() and leftovers(m, "small-mpu") == []
     assert ledger(m.mnt, "small-mpu") == scan(m.backing, "small-mpu") == (0, 0)
+    settle()
+    got = stats(m, "small-mpu")
+    assert (got["quota_rejections"], got["multipart_count"], got["bytes_written"]) == (1, 0, 0)
 
 
 def test_deleted_bucket_is_archived_and_stays_deleted(stack: tuple[Mount, RcloneS3]) -> None:
@@ -190,28 +207,27 @@ def test_a_retried_refused_put_is_refused_and_counted_again(stack: tuple[Mount, 
     assert leftovers(m, "retried-put") == [] and ledger(m.mnt, "retried-put") == (0, 0)
 
 
-def test_a_retried_refused_multipart_completion_gets_no_such_upload(
+def test_a_retried_refused_multipart_upload_is_refused_once(
         stack: tuple[Mount, RcloneS3]) -> None:
-    """boto3 sends a CompleteMultipartUpload refused with a 500 again; rclone
-    dropped the upload with the refusal, so the retry gets 404 NoSuchUpload:
-    one refusal counted, nothing left behind."""
+    """boto3 sends a request refused with a 500 again.  A refused
+    CompleteMultipartUpload: rclone dropped the upload with the refusal, so the
+    retry gets 404 NoSuchUpload.  A refused UploadPart: rclone answers the retry
+    with a 500 from its failed writer, without writing.  Either way one refusal
+    reached ironfs and is counted; nothing is left behind."""
     m, server = stack
     s3 = server.client(retries=1)
     s3.create_bucket(Bucket="retried-mpu")
     os.setxattr(m.mnt / "retried-mpu", "user.ironfs.max_bytes", b"6MiB")
-    upload = s3.create_multipart_upload(Bucket="retried-mpu", Key="big")["UploadId"]
-    parts = [{"ETag": s3.upload_part(Bucket="retried-mpu", Key="big", UploadId=upload, PartNumber=n,
-                                     Body=bytes([n]) * 5 * MiB)["ETag"], "PartNumber": n}
-             for n in (1, 2)]
-    with pytest.raises(ClientError) as info:
-        s3.complete_multipart_upload(Bucket="retried-mpu", Key="big", UploadId=upload,
-                                     MultipartUpload={"Parts": parts})
-    response = info.value.response
-    print("retried refused completion answered:", response["ResponseMetadata"]["HTTPStatusCode"],
+    refused, error = refused_multipart(s3, "retried-mpu")
+    response = error.response
+    print("retried refused", refused, "answered:", response["ResponseMetadata"]["HTTPStatusCode"],
           response["Error"]["Code"], "after", response["ResponseMetadata"]["RetryAttempts"], "retry")
     assert response["ResponseMetadata"]["RetryAttempts"] == 1
-    assert (response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"]) == (
-        404, "NoSuchUpload")
+    answer = (response["ResponseMetadata"]["HTTPStatusCode"], response["Error"]["Code"])
+    if refused == "CompleteMultipartUpload":
+        assert answer == (404, "NoSuchUpload")
+    else:
+        assert answer == (500, "InternalError")
     settle()
     assert stats(m, "retried-mpu")["quota_rejections"] == 1
     assert not (m.backing / "retried-mpu" / "big").exists() and leftovers(m, "retried-mpu") == []
