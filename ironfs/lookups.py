@@ -24,9 +24,10 @@ from .rules import Profile
 #: within this time.
 HEAD_WAIT = 0.5
 
-#: A GET right after a hash read of its object starts within this time of the
-#: hash's last read (two stats, an open): an older hash read was another
-#: request's (a LIST's or a HEAD's, whose unit it keeps).
+#: A GET right after a hash read of its object starts (its first stat) within
+#: this time of the hash's last read (two stats, an open): an older hash read
+#: was another request's (a LIST's or a HEAD's, whose unit it keeps).  The
+#: open may come much later (rclone descheduled: 300 ms, traced).
 HASH_GET_GAP = 0.25
 
 #: The objects of a directory whose inodes are older than some seconds (reads
@@ -88,10 +89,11 @@ class Unit:
     """One request's stats of one object, not yet known to be part of a GET,
     a DELETE or an overwrite: a HEAD, or one object of a LIST."""
 
-    __slots__ = ("sweep", "hashed", "hash_seen")
+    __slots__ = ("sweep", "at", "hashed", "hash_seen")
 
-    def __init__(self, sweep: Sweep) -> None:
+    def __init__(self, sweep: Sweep, at: float) -> None:
         self.sweep = sweep
+        self.at = at  # when the lookup came
         self.hashed = False  # the server read the object whole to hash it
         self.hash_seen = 0.0  # when that hash read was last seen reading
 
@@ -128,7 +130,7 @@ class Lookups:
         """One more unit: a lookup of the object *node*."""
         sweep = self._sweep_for(bucket, node, now)
         sweep.members[node] = sweep.members.get(node, 0) + 1
-        self.units.setdefault(node, []).append(Unit(sweep))
+        self.units.setdefault(node, []).append(Unit(sweep, now))
 
     def _sweep_for(self, bucket: Bucket, node: Node, now: float) -> Sweep:
         """The sweep *node*'s lookup continues (its directory's latest, last
@@ -175,10 +177,13 @@ class Lookups:
 
     def drop_for_get(self, node: Node, before: int, after_hash: int, now: float) -> None:
         """A GET of *node*: its last *before* units, or *after_hash* of them and
-        the hash read's unit before them if that hash read just ended."""
+        the hash read's unit before them if that hash read had just ended when
+        they began."""
+        tail = self._plain_tail(node, before)
+        start = tail[0].at if tail else now
         if self.drop(node, before) == after_hash:
             units = self.units.get(node)
-            if units and units[-1].hashed and now - units[-1].hash_seen <= HASH_GET_GAP:
+            if units and units[-1].hashed and start - units[-1].hash_seen <= HASH_GET_GAP:
                 self._drop_unit(node, units[-1])  # the hash read was this GET's
 
     def _plain_tail(self, node: Node, most: int) -> list[Unit]:
@@ -323,10 +328,10 @@ class Lookups:
         """*run*'s chains, consecutive ones joined into one LIST where they
         complete each other: together every object that begins with their
         common prefix (three or more), one of them a sweep of two or more or a
-        chain of three or more, and one of them missing objects of its own
-        common prefix (a LIST stats every object its prefix matches, in name
-        order: an incomplete one was interrupted, and its other fragments are
-        the chains next to it)."""
+        chain of three or more, and one of them no LIST of every object of its
+        own common prefix (a LIST stats every object its prefix matches, in
+        name order: an incomplete one was interrupted, and its other fragments
+        are the chains next to it)."""
         if len(run) < 2:
             return run
         out: list[list[Sweep]] = []
@@ -348,7 +353,17 @@ class Lookups:
                                     for chain in group for s in chain):
             return False  # (no sweep of two, no chain of three: HEADs as likely)
         return self._covers(seen, group[0][0], now, names) and not all(
-            self._covers([n.name for s in chain for n in s.members], chain[0], now, names) for chain in group)
+            self._whole(chain, now, names) for chain in group)
+
+    def _whole(self, chain: list[Sweep], now: float, names: Names) -> bool:
+        """Whether *chain* stands on its own: one lookup (a HEAD), or a LIST
+        (_is_list) of every object of its common prefix.  Lone lookups of some
+        of a directory's objects are no LIST on their own, however long the
+        prefix their names happen to share (k41 to k44, after k32: the rest of
+        a LIST whose first stat came 17 ms before, traced)."""
+        seen = [n.name for s in chain for n in s.members]
+        return self._covers(seen, chain[0], now, names) \
+            and (len(seen) < 2 or self._is_list(chain, now, names))
 
     def _covers(self, seen: list[bytes], first: Sweep, now: float, names: Names) -> bool:
         """Whether *seen* is every object of *first*'s directory, when it

@@ -271,6 +271,21 @@ def test_rclone_get_long_after_a_hash_read_is_not_its_request() -> None:
     assert c.counts() == {"head_count": 1, "get_count": 1}
 
 
+def test_rclone_get_opened_long_after_its_stats_keeps_its_hash_read() -> None:
+    """A GET of an object not hashed yet (two stats, a hash read, two stats
+    right after it), its open 0.3 s later (rclone descheduled on a busy
+    machine, traced): the hash read was still the GET's, no HEAD."""
+    c = Counted("rclone")
+    node = c.obj()
+    c.stat(node, node)
+    c.read_once(node, HASH)
+    c.stat(node, node)
+    c.clock.advance(0.3)
+    c.read_once(node, SERVE)
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"get_count": 1}
+
+
 def test_generic_counts_every_read_only_open() -> None:
     c = Counted()
     node = c.obj()
@@ -584,6 +599,29 @@ def test_rclone_list_interrupted_longer_than_list_merge_gap_is_one_list() -> Non
         c.stat(node, step=0.005)  # lone stats, each within list_merge_gap: a chain of three
     c.counting.commit_heads(everything=True)
     assert c.counts() == {"list_count": 4}
+
+
+def test_rclone_list_interrupted_after_its_first_object_is_one_list_whatever_the_names() -> None:
+    """A LIST stalled after its first stat, the rest lone stats each a few ms
+    apart (a chain, HEADs on its own): one LIST, even if the rest's names share
+    a longer prefix (k4) of which they are every object (the mixed workload
+    beside a CPU hog counted five HEADs).  A sweep of that prefix after a HEAD
+    is a LIST on its own: the HEAD stays."""
+    c = Counted("rclone")
+    names = (b"k32", b"k41", b"k42", b"k43", b"k44")
+    nodes = [c.obj(name) for name in names]
+    c.names = frozenset(names)
+    c.stat(nodes[0])
+    c.clock.advance(0.017)  # longer than list_merge_gap
+    for node in nodes[1:]:
+        c.stat(node, step=0.005)  # longer than list_gap, within list_merge_gap
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 1}
+    c.stat(nodes[0])  # a HEAD ...
+    c.clock.advance(0.017)
+    c.stat(*nodes[1:])  # ... then a LIST of prefix "k4"
+    c.counting.commit_heads(everything=True)
+    assert c.counts() == {"list_count": 2, "head_count": 1}
 
 
 def test_rclone_chains_that_complete_nothing_stay_apart() -> None:
