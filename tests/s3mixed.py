@@ -9,6 +9,7 @@ the tally of successful requests is exact whatever the interleaving.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections import Counter
@@ -35,6 +36,11 @@ class Tally:
     bytes_read: int = 0  # bytes of whole-object GETs
     range_bytes: int = 0  # bytes asked by range GETs
     ranges: int = 0
+    # One client's HEADs, one after the other, of every key that begins with
+    # the prefix their keys share, in name order: the very stats of a LIST of
+    # that prefix (README).  How many such runs, and the HEADs in them.
+    like_lists: int = 0
+    heads_like_lists: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, counter: str, n: int = 1) -> None:
@@ -51,6 +57,7 @@ class Client:
         self.tally = tally
         self.keys: dict[str, int] = {}  # key -> size, the keys that exist
         self.serial = 0
+        self.heads: list[str] = []  # the keys of the HEADs since its last other request
 
     def run(self, requests: int) -> None:
         ops = [op for op, _ in MIX]
@@ -59,7 +66,24 @@ class Client:
             op = self.rng.choices(ops, weights)[0]
             if op not in ("put", "multipart", "list") and not self.keys:
                 op = "put"
+            if op != "head":
+                self._tally_heads_like_a_list()
             getattr(self, op)()
+        self._tally_heads_like_a_list()
+
+    def _tally_heads_like_a_list(self) -> None:
+        """Tallies the longest run of the HEADs just made that looks like a
+        LIST: two or more keys ascending, every key of their common prefix."""
+        heads, self.heads = self.heads, []
+        for n in range(len(heads), 1, -1):
+            for i in range(len(heads) - n + 1):
+                run = heads[i:i + n]
+                prefix = os.path.commonprefix(run)
+                if run == sorted(set(run)) and {k for k in self.keys if k.startswith(prefix)} == set(run):
+                    with self.tally.lock:
+                        self.tally.like_lists += 1
+                        self.tally.heads_like_lists += n
+                    return
 
     def _new_key(self) -> str:
         self.serial += 1
@@ -112,6 +136,7 @@ class Client:
         key = self._existing()
         assert self.s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"] == self.keys[key]
         self.tally.add("head_count")
+        self.heads.append(key)
 
     def list(self) -> None:
         got = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix)
