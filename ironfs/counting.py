@@ -182,7 +182,8 @@ class Counting:
         """The name *parent*/*name* (a file of *mode*, *node* if known, its
         inode changed *age* seconds before) was unlinked: a DELETE if it was an
         object."""
-        self.lookups.touch(parent, self.clock())
+        now = self.clock()
+        self.lookups.touch(parent, now)
         if node is not None:
             self.lookups.drop(node, self.profile.stats_before_delete)
         if stat.S_ISREG(mode) and self.objects.is_object(parent, name):
@@ -190,10 +191,9 @@ class Counting:
             if bucket is None:
                 return
             if age is not None:
-                now = self.clock()
                 self.lookups.unlinked(parent, name, now, now - age)
             if self.profile.overwrite_window:  # counted unless an upload takes its place
-                self.unlinked[(parent.key, name)] = (self.clock(), bucket, node)
+                self.unlinked[(parent.key, name)] = (now, bucket, node)
             else:
                 self.book.add(bucket, DELETE)
 

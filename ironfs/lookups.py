@@ -40,7 +40,7 @@ NamesIn = Callable[[Node, float], frozenset[bytes] | None]
 #: few HEAD_WAITs and a tick's work stays in proportion to its lookups.
 MAX_FRAGMENTS = 3
 
-#: What _names_then said, by directory and the time asked about: each read
+#: What _names_at said, by directory and the time asked about: each read
 #: once per tick.
 Names = dict[tuple[Node, float], set[bytes] | None]
 
@@ -179,9 +179,9 @@ class Lookups:
         """A GET of *node*: its last *before* units, or *after_hash* of them and
         the hash read's unit before them if that hash read had just ended when
         they began."""
-        tail = self._plain_tail(node, before)
-        start = tail[0].at if tail else now
-        if self.drop(node, before) == after_hash:
+        dropped = self.drop(node, before)
+        start = dropped[0].at if dropped else now
+        if len(dropped) == after_hash:
             units = self.units.get(node)
             if units and units[-1].hashed and start - units[-1].hash_seen <= HASH_GET_GAP:
                 self._drop_unit(node, units[-1])  # the hash read was this GET's
@@ -196,19 +196,19 @@ class Lookups:
             tail.insert(0, unit)
         return tail
 
-    def drop(self, node: Node, most: int = 0) -> int:
+    def drop(self, node: Node, most: int = 0) -> list[Unit]:
         """*node*'s latest *most* units (all of them for 0; only those since its
         last hash read otherwise) were part of another request (a GET, a PUT, a
-        DELETE): no HEAD and no LIST.  Returns how many were dropped."""
+        DELETE): no HEAD and no LIST.  Returns those dropped, oldest first."""
         if not most or not self.profile.stats_before_get:
             units = self.units.pop(node, [])
             for unit in units:
                 self._leave(node, unit)
-            return len(units)
+            return units
         tail = self._plain_tail(node, most)
         for unit in tail:
             self._drop_unit(node, unit)
-        return len(tail)
+        return tail
 
     def _drop_unit(self, node: Node, unit: Unit) -> None:
         units = self.units[node]
